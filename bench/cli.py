@@ -1,0 +1,106 @@
+"""The ``ctxbench`` command line: bench, table, list."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from strategies import ConfigError
+
+# Flags that are spellings of sweep keys.
+FLAG_KEYS = {"dataset": "dataset", "model": "model", "mode": "mode", "text_col": "text_col", "label_col": "label_col",
+             "device": "device"}
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .config import load_sweep
+    from .runner import run_sweep
+    from .tables import write_leaderboard
+
+    overrides = list(args.overrides)
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    sweep = load_sweep(args.config or args.task, overrides, args.profile)
+    cells = sweep.cells()
+    print(f"ctxbench: {sweep.task} on {sweep.dataset} with {sweep.model} ({sweep.mode}); {len(cells)} runs "
+          f"= {len(sweep.strategies)} strategies x {len(sweep.budgets)} budgets x {len(sweep.seeds)} seeds")
+    summary = run_sweep(sweep, args.results, progress=not args.quiet)
+    board = write_leaderboard(Path(args.results) / sweep.task / "runs.jsonl")
+    print(board.markdown())
+    print(f"ran {summary.ran}, skipped {summary.skipped} already recorded, failed {len(summary.failed)}"
+          f"{', interrupted' if summary.interrupted else ''}")
+    for line in summary.notes:
+        print(line)
+    for label, status, msg in summary.failed:
+        print(f"  {status}: {label}: {msg}")
+    print(f"wrote {Path(args.results) / sweep.task / 'leaderboard.md'}")
+    return 0 if summary.ok else 1
+
+
+def _table(args: argparse.Namespace) -> int:
+    from .tables import write_leaderboard
+
+    tasks = [args.task] if args.task else sorted(p.name for p in Path(args.results).iterdir()
+                                                 if (p / "runs.jsonl").exists())
+    if not tasks:
+        raise ConfigError(f"no runs.jsonl under {args.results}/; run `ctxbench bench TASK` first")
+    for task in tasks:
+        path = Path(args.results) / task / "runs.jsonl"
+        if not path.exists():
+            raise ConfigError(f"{path} does not exist")
+        print(write_leaderboard(path).markdown())
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    import strategies
+    from tasks import task_names
+    from tasks.sources import SOURCES
+
+    from .config import CONFIG_DIR
+    from .packaged import PACKAGED_MODELS
+
+    print("strategies:", ", ".join(strategies.registered()))
+    print("tasks:     ", ", ".join(task_names()))
+    print("datasets:  ", ", ".join(f"{k} ({v.description})" for k, v in SOURCES.items()), "+ any hub id (connected)")
+    print("models:    ", ", ".join(PACKAGED_MODELS), "+ a local folder or hub id (connected)")
+    print("sweeps:    ", ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctxbench", description=__doc__)
+    p.add_argument("--results", default=os.environ.get("CTXBENCH_RESULTS", "results"),
+                   help="results folder (default: results)")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="run a sweep and print its leaderboard")
+    b.add_argument("task", help="task name (clf, ...) or a sweep YAML path")
+    b.add_argument("overrides", nargs="*", help="key=value overrides, e.g. budgets=[64,128] limits.train=500")
+    b.add_argument("--config", help="sweep YAML (default: bench/configs/<task>.yaml)")
+    b.add_argument("--profile", default=None, help="profile in the sweep YAML, e.g. smoke")
+    for flag in FLAG_KEYS:
+        b.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None)
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=_bench)
+    t = sub.add_parser("table", help="regenerate leaderboard.md/.csv from runs.jsonl alone")
+    t.add_argument("task", nargs="?")
+    t.set_defaults(func=_table)
+    ls = sub.add_parser("list", help="list strategies, tasks, datasets, models, sweeps")
+    ls.set_defaults(func=_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"ctxbench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Run specs and sweeps: frozen dataclasses, one YAML per sweep, ``key=value`` overrides.
+
+Unknown keys are errors with a "did you mean". No default depends on the
+environment except the device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+import strategies
+from strategies import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+MODES = ("probe", "finetune")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Documents per split (a fixed sample drawn with ``data_seed``); None = all."""
+
+    train: int | None = 2000
+    val: int | None = 500
+    test: int | None = 1000
+
+
+@dataclass(frozen=True)
+class Train:
+    """Classifier-head / fine-tuning optimisation."""
+
+    optimizer: str = "adamw"  # adamw | lbfgs (lbfgs: probe mode only)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    epochs: int = 40
+    batch_size: int = 64
+    patience: int = 8  # early stopping on validation macro-F1
+    warmup_ratio: float = 0.1
+    grad_accum: int = 1
+    dropout: float = 0.1
+    # finetune mode
+    finetune: str = "full"  # full | lora
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_target_modules: tuple[str, ...] = ("query", "value")
+    max_windows_train: int | None = 8  # finetune: windows per document used in training
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.params:
+            return self.name
+        return self.name + "[" + ",".join(f"{k}={v}" for k, v in self.params) + "]"
+
+    def build(self) -> strategies.Strategy:
+        return strategies.build(self.name, **dict(self.params))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One grid cell. Its canonical JSON hashes to the ``run_id``."""
+
+    task: str
+    dataset: str
+    model: str
+    mode: str
+    strategy: StrategySpec
+    budget: int | None  # None: the model's maximum
+    seed: int
+    data_seed: int = 0
+    limits: Limits = field(default_factory=Limits)
+    train: Train = field(default_factory=Train)
+    pooler: str = "mean"  # mean | cls: how a window becomes one vector
+    empty_docs: str = "keep"  # keep (encoded as special tokens only, counted) | error
+    text_col: str = "text"
+    label_col: str = "label"
+    batch_size: int = 64  # inference windows per batch
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["strategy"] = {"name": self.strategy.name, "params": dict(self.strategy.params), "label": self.strategy.label}
+        return d
+
+
+@dataclass(frozen=True)
+class Sweep:
+    task: str = "clf"
+    dataset: str = "20ng"
+    model: str = "minilm"
+    mode: str = "probe"
+    strategies: tuple[StrategySpec, ...] = ()
+    budgets: tuple[int, ...] = (64, 128, 256, 512)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    data_seed: int = 0
+    limits: Limits = field(default_factory=Limits)
+    train: Train = field(default_factory=Train)
+    pooler: str = "mean"
+    empty_docs: str = "keep"
+    text_col: str = "text"
+    label_col: str = "label"
+    batch_size: int = 64
+    device: str = "auto"
+
+    def cells(self) -> list[RunSpec]:
+        if not self.strategies:
+            raise ConfigError("the sweep names no strategies (strategies: [...] is empty)")
+        shared = {f.name: getattr(self, f.name) for f in fields(RunSpec) if hasattr(self, f.name)}
+        for key in ("strategy", "budget", "seed"):
+            shared.pop(key, None)
+        return [
+            RunSpec(strategy=s, budget=b, seed=seed, **shared)
+            for b in self.budgets
+            for s in self.strategies
+            for seed in self.seeds
+        ]
+
+
+def _err_unknown(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown key {key!r} in {where}.{hint} Valid: {', '.join(valid)}")
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Check and convert a YAML value to a dataclass field type."""
+    origin = getattr(typ, "__origin__", None)
+    args = getattr(typ, "__args__", ())
+    if is_dataclass(typ):
+        return _build(typ, value or {}, where)
+    if typ is Any:
+        return value
+    if origin is tuple or typ is tuple:
+        if isinstance(value, (str, int, float)) or value is None:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, where) for v in value)
+    if args and type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(value, inner, where)
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    valid = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in valid:
+            raise _err_unknown(key, valid, where)
+        if cls is Sweep and key == "strategies":
+            kwargs[key] = tuple(parse_strategy(s) for s in (value or []))
+            continue
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def parse_strategy(item: Any) -> StrategySpec:
+    """``"head"`` or ``{name: sliding, pool: max}``; validated by building it."""
+    if isinstance(item, str):
+        name, params = item, {}
+    elif isinstance(item, dict) and "name" in item:
+        params = {k: v for k, v in item.items() if k != "name"}
+        name = item["name"]
+    else:
+        raise ConfigError(f"a strategy is a name or a mapping with 'name', got {item!r}")
+    strategies.build(name, **params)  # raises on unknown names / params / values
+    return StrategySpec(name, tuple(sorted(params.items())))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _set(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    for p in path[:-1]:
+        node = tree.get(p)
+        if not isinstance(node, dict):
+            node = {}
+            tree[p] = node
+        tree = node
+    tree[path[-1]] = value
+
+
+def load_sweep(path_or_task: str, overrides: list[str] = (), profile: str | None = None) -> Sweep:
+    """Load ``bench/configs/<task>.yaml`` (or a path), apply a profile, then overrides."""
+    path = Path(path_or_task)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{path_or_task}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"no sweep config {str(path)!r}; built-in sweeps: {', '.join(known)}")
+    data = yaml.safe_load(path.read_text()) or {}
+    profiles = data.pop("profiles", {}) or {}
+    if profile and profile != "default":
+        if profile not in profiles:
+            raise ConfigError(f"unknown profile {profile!r}; {path.name} defines: default, {', '.join(profiles)}")
+        _merge(data, profiles[profile])
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set(data, keys, value)
+    sweep = _build(Sweep, data, path.name)
+    validate(sweep)
+    return sweep
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def validate(sweep: Sweep) -> None:
+    if sweep.mode not in MODES:
+        raise ConfigError(f"mode must be one of {MODES}, got {sweep.mode!r}")
+    if not sweep.strategies:
+        raise ConfigError("the sweep names no strategies (strategies: [...] is empty)")
+    for b in sweep.budgets:
+        if b is not None and (not isinstance(b, int) or b < 1):
+            raise ConfigError(f"budget must be an integer >= 1, got {b!r}")
+    if not sweep.seeds:
+        raise ConfigError("seeds is empty")
+    if sweep.pooler not in ("mean", "cls"):
+        raise ConfigError(f"pooler must be 'mean' or 'cls', got {sweep.pooler!r}")
+    if sweep.empty_docs not in ("keep", "error"):
+        raise ConfigError(f"empty_docs must be 'keep' or 'error', got {sweep.empty_docs!r}")
+    if sweep.train.optimizer not in ("adamw", "lbfgs"):
+        raise ConfigError(f"train.optimizer must be 'adamw' or 'lbfgs', got {sweep.train.optimizer!r}")
+    if sweep.train.finetune not in ("full", "lora"):
+        raise ConfigError(f"train.finetune must be 'full' or 'lora', got {sweep.train.finetune!r}")

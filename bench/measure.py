@@ -1,0 +1,108 @@
+"""Measurements and the environment record: memory, timing, device, versions."""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+PACKAGES = ("torch", "transformers", "datasets", "peft", "pandas", "numpy", "tabulate", "ctxbench")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict]:
+    """CUDA: max allocated during the block. CPU: the process's peak RSS after it
+    (a high-water mark for the whole process unless the cell ran isolated)."""
+    out: dict = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    yield out
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        out["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        out["memory_kind"] = "cuda_max_allocated"
+    else:
+        out["peak_memory_mb"] = peak_rss_mb()
+        out["memory_kind"] = "cpu_peak_rss_process"
+
+
+def median_time(fn, repeats: int = 5, warmup: int = 1, device: torch.device | None = None) -> float:
+    """Median wall time of ``fn`` after warm-up, synchronising CUDA around each call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def git_info() -> dict:
+    def run(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    sha = run("rev-parse", "HEAD")
+    dirty = bool(run("status", "--porcelain", "--untracked-files=no")) if sha else None
+    return {"git_sha": sha or None, "git_dirty": dirty}
+
+
+def versions() -> dict:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    out["python"] = platform.python_version()
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu}"
+
+
+def environment(device: torch.device) -> dict:
+    return {
+        **git_info(),
+        "versions": versions(),
+        "device": device.type,
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "hostname": platform.node(),
+    }

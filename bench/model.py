@@ -1,0 +1,356 @@
+"""The model side: loading, window inputs, batched encoding, heads and aggregators.
+
+Strategies give spans; this module turns spans into model inputs (special tokens
+from the tokenizer), encodes them in length-sorted batches, and combines window
+outputs (pooling for window-level strategies, a trained aggregator for
+document-level ones).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from strategies import ConfigError, Window
+
+from .packaged import resolve_model
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Loaded:
+    tokenizer: object
+    model: nn.Module
+    path: str
+    max_positions: int
+    attn_implementation: str
+    dtype: str
+
+
+def max_positions(tokenizer, config) -> int:
+    """Usable positions: the config's, capped by the tokenizer's (RoBERTa has 514 = 512 + offset)."""
+    cfg = getattr(config, "max_position_embeddings", None) or 512
+    tok = getattr(tokenizer, "model_max_length", None)
+    if tok and tok < 1_000_000:
+        return min(cfg, tok)
+    return cfg
+
+
+def load_encoder(name: str, device: torch.device, auto_class: str = "AutoModel", **kwargs) -> Loaded:
+    import transformers
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"model {name!r}: a fast tokenizer is needed (offsets and word ids)")
+    if tokenizer.pad_token_id is None:  # decoder models (e.g. Llama) have none
+        tokenizer.pad_token = tokenizer.eos_token
+    cls = getattr(transformers, auto_class)
+    try:
+        model = cls.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+        attn = "sdpa"
+    except (ValueError, ImportError):
+        model = cls.from_pretrained(path, attn_implementation="eager", **kwargs)
+        attn = "eager"
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device)
+    attn = getattr(model.config, "_attn_implementation", attn) or attn
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return Loaded(tokenizer, model, path, max_positions(tokenizer, model.config), attn, dtype)
+
+
+def special_tokens(tokenizer, pair: bool = False) -> int:
+    return tokenizer.num_special_tokens_to_add(pair=pair)
+
+
+def usable_budget(tokenizer, max_pos: int, budget: int | None, pair: bool = False, question_len: int = 0) -> int:
+    """``budget = max positions - special tokens - question``: refused when it does not fit."""
+    room = max_pos - special_tokens(tokenizer, pair) - question_len
+    if room < 1:
+        raise ConfigError(
+            f"no room for context: {max_pos} positions - {special_tokens(tokenizer, pair)} special tokens "
+            f"- {question_len} question tokens = {room}"
+        )
+    if budget is None:
+        return room
+    if not isinstance(budget, int) or budget < 1:
+        raise ConfigError(f"budget must be an integer >= 1, got {budget!r}")
+    if budget > room:
+        raise ConfigError(
+            f"budget {budget} exceeds the model's room of {room} tokens ({max_pos} positions - "
+            f"{special_tokens(tokenizer, pair)} special tokens - {question_len} question tokens)"
+        )
+    return budget
+
+
+def window_ids(ids: Sequence[int], window: Window) -> list[int]:
+    out: list[int] = []
+    for s, e in window:
+        out.extend(ids[s:e])
+    return out
+
+
+@dataclass(frozen=True)
+class Template:
+    """Where the tokenizer puts its special tokens, read off the tokenizer itself
+    (never hard-coded ids): ``prefix + a + middle + b + suffix`` for a pair,
+    ``prefix + a + suffix`` for one sequence."""
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    pair_prefix: tuple[int, ...]
+    pair_middle: tuple[int, ...]
+    pair_suffix: tuple[int, ...]
+
+    def single(self, ids: Sequence[int]) -> list[int]:
+        return [*self.prefix, *ids, *self.suffix]
+
+    def pair(self, a: Sequence[int], b: Sequence[int]) -> list[int]:
+        return [*self.pair_prefix, *a, *self.pair_middle, *b, *self.pair_suffix]
+
+
+_TEMPLATES: dict[int, Template] = {}
+
+
+def _locate(full: list[int], part: list[int], start: int = 0) -> int:
+    for i in range(start, len(full) - len(part) + 1):
+        if full[i: i + len(part)] == part:
+            return i
+    raise ConfigError("could not locate the text inside the tokenizer's special-token template")
+
+
+def template(tokenizer) -> Template:
+    key = id(tokenizer)
+    if key not in _TEMPLATES:
+        a = tokenizer("hello", add_special_tokens=False)["input_ids"]
+        b = tokenizer("world", add_special_tokens=False)["input_ids"]
+        one = tokenizer("hello")["input_ids"]
+        i = _locate(one, a)
+        two = tokenizer("hello", "world")["input_ids"]
+        j = _locate(two, a)
+        k = _locate(two, b, j + len(a))
+        _TEMPLATES[key] = Template(tuple(one[:i]), tuple(one[i + len(a):]), tuple(two[:j]),
+                                   tuple(two[j + len(a): k]), tuple(two[k + len(b):]))
+    return _TEMPLATES[key]
+
+
+def build_input(tokenizer, ids: Sequence[int], window: Window) -> list[int]:
+    """Join a window's spans and add the tokenizer's own special tokens."""
+    return template(tokenizer).single(window_ids(ids, window))
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices sorted by length (longest first) and cut into batches, to cut padding."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, cur = [], []
+    for i in order:
+        width = lengths[cur[0]] if cur else lengths[i]
+        if cur and (len(cur) >= batch_size or (max_tokens and (len(cur) + 1) * width > max_tokens)):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, pooler: str) -> torch.Tensor:
+    # hidden (B, L, d), mask (B, L) -> (B, d)
+    if pooler == "cls":
+        return hidden[:, 0]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Encoded:
+    vectors: torch.Tensor  # (N, d) float32 on CPU
+    seconds: list[float]  # per input: its token share of its batch's wall time
+    widths: list[int]  # per input: the padded width of its batch (its padded tokens)
+    padded_tokens: int
+    real_tokens: int
+
+
+@torch.inference_mode()
+def encode(
+    model: nn.Module,
+    inputs: Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device,
+    pooler: str = "mean",
+    batch_size: int = 64,
+    progress: str | None = None,
+) -> Encoded:
+    """Encode token-id inputs into one vector each, batched by length."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    lengths = [len(x) for x in inputs]
+    out = [None] * len(inputs)
+    seconds = [0.0] * len(inputs)
+    widths = [0] * len(inputs)
+    padded = 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    batches = length_batches(lengths, batch_size, max_tokens=batch_size * 256)
+    for batch in tqdm(batches, desc=progress or "encode", disable=progress is None, leave=False):
+        ids, mask = pad_batch([inputs[i] for i in batch], pad_id)
+        padded += ids.numel()
+        sync(device)
+        t0 = time.perf_counter()
+        with autocast:
+            hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        vec = pool_hidden(hidden.float(), mask.to(device), pooler).cpu()
+        sync(device)
+        dt = time.perf_counter() - t0
+        real = sum(lengths[i] for i in batch)
+        for j, i in enumerate(batch):
+            out[i] = vec[j]
+            seconds[i] = dt * lengths[i] / max(real, 1)
+            widths[i] = ids.shape[1]
+    d = model.config.hidden_size
+    vectors = torch.stack(out) if out else torch.zeros((0, d))
+    return Encoded(vectors, seconds, widths, padded, sum(lengths))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+class AttentionPool(nn.Module):
+    """Learned attention pooling over chunk vectors (one query vector)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.score = nn.Linear(d, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x (B, K, d), mask (B, K) -> (B, d)
+        s = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
+        w = torch.softmax(s, dim=-1).unsqueeze(-1)
+        return (w * x).sum(1)
+
+
+class TransformerAgg(nn.Module):
+    """ToBERT: a small transformer over chunk vectors, then mean over chunks."""
+
+    def __init__(self, d: int, layers: int = 1, max_chunks: int = 512, dropout: float = 0.1):
+        super().__init__()
+        heads = next(h for h in (8, 6, 4, 2, 1) if d % h == 0)
+        layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=2 * d, dropout=dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.pos = nn.Embedding(max_chunks, d)
+        nn.init.zeros_(self.pos.weight)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x (B, K, d) -> (B, K, d) -> masked mean (B, d)
+        k = min(x.shape[1], self.pos.num_embeddings)
+        x = x[:, :k] + self.pos(torch.arange(k, device=x.device))
+        mask = mask[:, :k]
+        h = self.encoder(x, src_key_padding_mask=~mask)
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def masked_reduce(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    # x (B, K, d), mask (B, K) -> (B, d)
+    if how == "max":
+        return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class Head(nn.Module):
+    """Aggregator over a document's window vectors (K=1 for window-level) + linear classifier."""
+
+    def __init__(self, d: int, n_labels: int, aggregator: str = "mean", layers: int = 1, dropout: float = 0.1):
+        super().__init__()
+        self.aggregator = aggregator
+        if aggregator == "attention":
+            self.agg = AttentionPool(d)
+        elif aggregator == "transformer":
+            self.agg = TransformerAgg(d, layers, dropout=dropout)
+        elif aggregator in ("mean", "max"):
+            self.agg = None
+        else:
+            raise ConfigError(f"unknown aggregator {aggregator!r}")
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(d, n_labels)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x (B, K, d), mask (B, K) bool -> logits (B, C)
+        z = self.agg(x, mask) if self.agg is not None else masked_reduce(x, mask, self.aggregator)
+        return self.out(self.drop(z))
+
+
+def pack(groups: Sequence[torch.Tensor], d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of (K_i, d) tensors -> padded (B, K, d) and mask (B, K)."""
+    k = max(1, max((g.shape[0] for g in groups), default=1))
+    x = torch.zeros((len(groups), k, d))
+    mask = torch.zeros((len(groups), k), dtype=torch.bool)
+    for i, g in enumerate(groups):
+        x[i, : g.shape[0]] = g
+        mask[i, : g.shape[0]] = True
+    return x, mask
+
+
+def linear_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+
+
+def n_params(module: nn.Module, trainable: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+__all__ = [
+    "Head", "Loaded", "encode", "build_input", "window_ids", "usable_budget", "load_encoder", "pick_device",
+    "pack", "pad_batch", "length_batches", "linear_warmup", "n_params", "seed_everything", "math",
+]

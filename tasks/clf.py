@@ -1,0 +1,508 @@
+"""Document classification: 20 Newsgroups, NewsArticles or any hub text/label dataset.
+
+``probe`` mode freezes the encoder: every distinct window of every document is
+encoded once into a span cache shared by all strategies at a budget, and a head
+(plus the hierarchical aggregator) is trained on cached vectors. ``finetune``
+trains end to end (full or LoRA). Window-level strategies train on windows
+labelled with their document's label and pool window logits (mean / max /
+vote); document-level ones (hierarchical, or sliding with
+``pool_over=embeddings``) aggregate window vectors before the classifier.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
+from tqdm.auto import tqdm
+
+from bench.model import (
+    Head, Loaded, build_input, encode, length_batches, linear_warmup, load_encoder, n_params, pack, pad_batch,
+    pool_hidden, seed_everything, sync, usable_budget,
+)
+from bench.store import atomic_torch_save, cache_dir, content_hash, file_hash
+from strategies import ConfigError, Window, window_len
+
+from .base import LENGTH_BUCKETS, CellResult, Context, length_bucket, register_task
+from .sources import load_clf, sample
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ClfData:
+    key: str
+    labels: list[str]
+    texts: dict[str, list[str]]
+    y: dict[str, list[int]]
+    ids: dict[str, list[list[int]]]  # context token ids, no special tokens
+    counts: dict[str, int]
+
+
+def load_data(spec, tokenizer, tok_key: str) -> ClfData:
+    """Load, sample, validate labels and tokenize once (datasets' map cache)."""
+    dd = load_clf(spec.dataset, spec.text_col, spec.label_col)
+    parts = {s: sample(dd[s], getattr(spec.limits, s), spec.data_seed) for s in SPLITS}
+    labels = sorted(set(parts["train"]["label"]))
+    if len(labels) < 2:
+        raise ConfigError(f"dataset {spec.dataset!r}: the training sample has a single class {labels}; need >= 2")
+    for s in ("val", "test"):
+        unknown = sorted(set(parts[s]["label"]) - set(labels))
+        if unknown:
+            raise ConfigError(
+                f"dataset {spec.dataset!r}: {s} labels not seen in the training sample: {unknown} "
+                f"(raise limits.train or fix the data)"
+            )
+    index = {l: i for i, l in enumerate(labels)}
+    key = content_hash(spec.dataset, spec.text_col, spec.label_col, spec.data_seed,
+                       [parts[s]._fingerprint for s in SPLITS])
+    out = ClfData(key, labels, {}, {}, {}, {})
+    for s in SPLITS:
+        path = cache_dir("tokenized") / f"{key}-{s}-{tok_key}.arrow"
+        tok = parts[s].map(
+            lambda b: {"input_ids": tokenizer(b["text"], add_special_tokens=False, truncation=False,
+                                              verbose=False)["input_ids"]},
+            batched=True, cache_file_name=str(path), desc=f"tokenize {s}",
+        )
+        out.texts[s] = list(parts[s]["text"])
+        out.y[s] = [index[l] for l in parts[s]["label"]]
+        out.ids[s] = list(tok["input_ids"])
+        out.counts[f"empty_docs_{s}"] = sum(1 for t in out.texts[s] if not t.strip())
+    return out
+
+
+def check_empty(data: ClfData, policy: str) -> None:
+    n = sum(data.counts[f"empty_docs_{s}"] for s in SPLITS)
+    if n and policy == "error":
+        raise ConfigError(f"{n} empty or whitespace-only documents (empty_docs=error); set empty_docs=keep to "
+                          f"encode them as special tokens only (counted in the run record)")
+
+
+# ---------------------------------------------------------------- folding
+
+
+def doc_level(strategy) -> bool:
+    return strategy.level == "document" or getattr(strategy, "pool_over", "logits") == "embeddings"
+
+
+def fold_windows(logits: torch.Tensor, owner: Sequence[int], n_docs: int, pool: str) -> torch.Tensor:
+    """Pool window logits (W, C) into document scores (n_docs, C). ``vote`` gives
+    one vote per window's argmax; ties break by the mean logit."""
+    c = logits.shape[1]
+    owner_t = torch.as_tensor(owner, dtype=torch.long)
+    if pool == "max":
+        out = torch.full((n_docs, c), float("-inf"))
+        return out.scatter_reduce(0, owner_t[:, None].expand(-1, c), logits, reduce="amax", include_self=True)
+    mean = torch.zeros((n_docs, c)).index_add_(0, owner_t, logits)
+    mean = mean / torch.bincount(owner_t, minlength=n_docs).clamp(min=1)[:, None]
+    if pool == "mean":
+        return mean
+    if pool == "vote":
+        votes = torch.zeros((n_docs, c)).index_add_(0, owner_t, F.one_hot(logits.argmax(1), c).float())
+        return votes + torch.softmax(mean, dim=1) * 0.5  # a softmax share < 1 vote breaks ties only
+    raise ConfigError(f"unknown pool {pool!r}")
+
+
+# ---------------------------------------------------------------- models over groups
+
+
+class ProbeModel(nn.Module):
+    """Head over cached window vectors; a group is a (K, d) tensor."""
+
+    def __init__(self, head: Head, d: int):
+        super().__init__()
+        self.head, self.d = head, d
+
+    def forward(self, groups: Sequence[torch.Tensor]) -> torch.Tensor:
+        x, mask = pack(groups, self.d)  # (B, K, d), (B, K)
+        dev = self.head.out.weight.device
+        return self.head(x.to(dev), mask.to(dev))
+
+
+class FinetuneModel(nn.Module):
+    """Encoder + head end to end; a group is a list of token-id inputs."""
+
+    def __init__(self, encoder: nn.Module, head: Head, pad_id: int, pooler: str, device: torch.device):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+        self.pad_id, self.pooler, self.device = pad_id, pooler, device
+
+    def forward(self, groups: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
+        flat = [inp for g in groups for inp in g]
+        ids, mask = pad_batch(flat, self.pad_id)  # (sum K, L)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _Null()
+        with ctx:
+            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (sum K, L, d)
+        vec = pool_hidden(hidden.float(), mask, self.pooler)  # (sum K, d)
+        sizes = [len(g) for g in groups]
+        x, m = pack(list(torch.split(vec, sizes)), vec.shape[1])  # (B, K, d)
+        return self.head(x.to(self.device), m.to(self.device))
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def group_size(g) -> int:
+    return int(g.shape[0]) if isinstance(g, torch.Tensor) else sum(len(x) for x in g)
+
+
+def predict(model: nn.Module, groups: Sequence, batch_size: int, device: torch.device,
+            desc: str | None = None) -> tuple[torch.Tensor, list[float], int]:
+    """Logits per group, batched by size; each group's share (by tokens) of its batch's
+    wall time; and the padded tokens the encoder saw (0 for cached vectors)."""
+    model.eval()
+    sizes = [group_size(g) for g in groups]
+    out: list[torch.Tensor | None] = [None] * len(groups)
+    seconds = [0.0] * len(groups)
+    padded = 0
+    with torch.inference_mode():
+        for batch in tqdm(length_batches(sizes, batch_size), desc=desc, disable=desc is None, leave=False):
+            sync(device)
+            t0 = time.perf_counter()
+            logits = model([groups[i] for i in batch]).float().cpu()
+            sync(device)
+            dt = time.perf_counter() - t0
+            total = max(1, sum(sizes[i] for i in batch))
+            if not isinstance(groups[batch[0]], torch.Tensor):
+                inputs = [x for i in batch for x in groups[i]]
+                padded += len(inputs) * max(len(x) for x in inputs)
+            for j, i in enumerate(batch):
+                out[i] = logits[j]
+                seconds[i] = dt * sizes[i] / total
+    return torch.stack(out), seconds, padded
+
+
+def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable[[nn.Module], float], spec,
+        device: torch.device, progress: bool) -> dict[str, Any]:
+    """AdamW with linear warm-up (or full-batch L-BFGS for probes), early stopping on
+    validation macro-F1; the best epoch's weights are restored."""
+    cfg = spec.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    y_t = torch.as_tensor(y, dtype=torch.long)
+    gen = torch.Generator().manual_seed(spec.seed)
+    best, best_state, bad, epochs_run = -1.0, None, 0, 0
+    steps_per_epoch = max(1, -(-len(groups) // (cfg.batch_size * cfg.grad_accum)))
+    lbfgs = cfg.optimizer == "lbfgs"
+    if lbfgs:
+        if isinstance(model, FinetuneModel):
+            raise ConfigError("train.optimizer=lbfgs is for probe mode; use adamw to fine-tune")
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=20, history_size=10, line_search_fn="strong_wolfe")
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = linear_warmup(opt, int(cfg.warmup_ratio * cfg.epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
+    t_train, n_seen, tok_seen = 0.0, 0, 0
+    for epoch in tqdm(range(cfg.epochs), desc="train", disable=not progress, leave=False):
+        model.train()
+        sync(device)
+        t0 = time.perf_counter()
+        if lbfgs:
+            def closure():
+                opt.zero_grad()
+                loss = F.cross_entropy(model(groups), y_t.to(device)) + cfg.weight_decay * sum(
+                    (p**2).sum() for p in params if p.dim() > 1)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            n_seen += len(groups)
+        else:
+            order = torch.randperm(len(groups), generator=gen).tolist()
+            opt.zero_grad()
+            for step, i in enumerate(range(0, len(order), cfg.batch_size)):
+                idx = order[i: i + cfg.batch_size]
+                batch = [groups[j] for j in idx]
+                loss = F.cross_entropy(model(batch), y_t[idx].to(device)) / cfg.grad_accum
+                loss.backward()
+                n_seen += len(idx)
+                tok_seen += sum(group_size(g) for g in batch)
+                if (step + 1) % cfg.grad_accum == 0 or i + cfg.batch_size >= len(order):
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad()
+        sync(device)
+        t_train += time.perf_counter() - t0
+        epochs_run = epoch + 1
+        score = evaluate(model)
+        if score > best:
+            best, bad = score, 0
+            best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"epochs_run": epochs_run, "best_val_macro_f1": best, "train_seconds": t_train,
+            "train_examples_per_s": n_seen / max(t_train, 1e-9),
+            "train_tokens_per_s": tok_seen / max(t_train, 1e-9) if tok_seen else None}
+
+
+# ---------------------------------------------------------------- span cache
+
+
+class SpanCache:
+    """Vectors of encoded windows, keyed by (split, document index, window), shared by
+    every strategy at every budget for one (data, model, pooler). Persisted atomically;
+    a corrupt file is reported and rebuilt."""
+
+    def __init__(self, path):
+        self.path = path
+        self.rows: dict[tuple, tuple[torch.Tensor, float, int]] = {}
+        self.dirty = False
+        self.loaded_from_disk = 0
+        if path.exists():
+            try:
+                blob = torch.load(path, weights_only=True)
+                for k, v, s, p in zip(blob["keys"], blob["vectors"], blob["seconds"], blob["padded"]):
+                    self.rows[_key_from_list(k)] = (v, float(s), int(p))
+                self.loaded_from_disk = len(self.rows)
+            except Exception as e:  # corrupt or incompatible: rebuild
+                import warnings
+
+                warnings.warn(f"span cache {path} unreadable ({e}); rebuilding", stacklevel=2)
+                self.rows = {}
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        keys = list(self.rows)
+        atomic_torch_save(self.path, {
+            "keys": [_key_to_list(k) for k in keys],
+            "vectors": torch.stack([self.rows[k][0] for k in keys]),
+            "seconds": torch.tensor([self.rows[k][1] for k in keys], dtype=torch.float64),
+            "padded": torch.tensor([self.rows[k][2] for k in keys], dtype=torch.long),
+        })
+        self.dirty = False
+
+    def ensure(self, keys: list[tuple], inputs: Callable[[tuple], list[int]], enc: Loaded, spec,
+               device: torch.device, progress: bool) -> int:
+        missing = [k for k in dict.fromkeys(keys) if k not in self.rows]
+        if missing:
+            got = encode(enc.model, [inputs(k) for k in missing], enc.tokenizer.pad_token_id, device,
+                         spec.pooler, spec.batch_size, progress="encode windows" if progress else None)
+            for k, v, s, x in zip(missing, got.vectors, got.seconds, got.widths):
+                self.rows[k] = (v.clone(), s, x)
+            self.dirty = True
+        return len(missing)
+
+
+def _key_to_list(k: tuple) -> list:
+    split, doc, window = k
+    return [split, doc, [list(s) for s in window]]
+
+
+def _key_from_list(k: list) -> tuple:
+    split, doc, window = k
+    return (split, int(doc), tuple(tuple(int(x) for x in s) for s in window))
+
+
+# ---------------------------------------------------------------- the task
+
+
+def model_key(enc: Loaded) -> str:
+    from pathlib import Path
+
+    weights = sorted(Path(enc.path).glob("*.safetensors")) if Path(enc.path).is_dir() else []
+    return content_hash(enc.path, enc.model.config.to_dict(), [file_hash(w) for w in weights])
+
+
+@register_task("clf")
+class Classification:
+    version = "1"
+    main_metric = "macro_f1"
+    higher_is_better = True
+
+    def data_label(self, spec) -> str:
+        return "gold"
+
+    def run(self, spec, ctx: Context) -> CellResult:
+        device = ctx.device
+        enc: Loaded = ctx.get(("encoder", spec.model, str(device)), lambda: load_encoder(spec.model, device))
+        mkey = ctx.get(("model_key", spec.model), lambda: model_key(enc))
+        data: ClfData = ctx.get(("clf-data", spec.dataset, spec.text_col, spec.label_col, spec.data_seed, spec.limits,
+                                 mkey), lambda: load_data(spec, enc.tokenizer, mkey))
+        check_empty(data, spec.empty_docs)
+        budget = usable_budget(enc.tokenizer, enc.max_positions, spec.budget)
+        strategy = spec.strategy.build()
+        windows = {s: [strategy.windows(len(ids), budget) for ids in data.ids[s]] for s in SPLITS}
+        seed_everything(spec.seed)
+        d = enc.model.config.hidden_size
+        head = Head(d, len(data.labels), aggregator=strategy.pool if doc_level(strategy) else "mean",
+                    layers=getattr(strategy, "layers", 1), dropout=spec.train.dropout)
+        if spec.mode == "probe":
+            return self._probe(spec, ctx, enc, mkey, data, windows, head, budget, strategy)
+        return self._finetune(spec, ctx, enc, data, windows, head, budget, strategy)
+
+    # groups: a document's windows (doc level) or one window each (window level)
+    @staticmethod
+    def groups(split: str, windows: list[list[Window]], as_doc: bool, item: Callable) -> tuple[list, list[int]]:
+        groups, owner = [], []
+        for i, ws in enumerate(windows):
+            if as_doc:
+                groups.append(item(split, i, ws))
+                owner.append(i)
+            else:
+                for w in ws:
+                    groups.append(item(split, i, [w]))
+                    owner.append(i)
+        return groups, owner
+
+    def _train_eval(self, spec, ctx, model, data, windows, strategy, item, train_windows=None):
+        as_doc = doc_level(strategy)
+        train_windows = train_windows or windows["train"]
+        g_train, own_train = self.groups("train", train_windows, as_doc, item)
+        y_train = [data.y["train"][i] for i in own_train]
+        g_val, own_val = self.groups("val", windows["val"], as_doc, item)
+
+        def doc_scores(split, groups, owner, desc=None):
+            logits, secs, padded = predict(model, groups, spec.batch_size, ctx.device, desc)
+            n = len(data.y[split])
+            scores = logits if as_doc else fold_windows(logits, owner, n, strategy.pool)
+            return scores, secs, padded
+
+        def evaluate(m) -> float:
+            scores, _, _ = doc_scores("val", g_val, own_val)
+            return f1_score(data.y["val"], scores.argmax(1).numpy(), average="macro", zero_division=0)
+
+        train_info = fit(model, g_train, y_train, evaluate, spec, ctx.device, ctx.progress)
+        g_test, own_test = self.groups("test", windows["test"], as_doc, item)
+        t0 = time.perf_counter()
+        scores, secs, padded = doc_scores("test", g_test, own_test, "predict" if ctx.progress else None)
+        wall = time.perf_counter() - t0
+        per_doc = np.zeros(len(data.y["test"]))
+        np.add.at(per_doc, own_test, secs)
+        return scores, per_doc, wall, padded, train_info
+
+    def _probe(self, spec, ctx, enc, mkey, data, windows, head, budget, strategy) -> CellResult:
+        cache: SpanCache = ctx.get(("spans", data.key, mkey, spec.pooler), lambda: SpanCache(
+            cache_dir("spans") / f"{content_hash(data.key, mkey, spec.pooler, self.version)}.pt"))
+
+        def inputs(k):
+            split, i, w = k
+            return build_input(enc.tokenizer, data.ids[split][i], w)
+
+        keys = [(s, i, w) for s in SPLITS for i, ws in enumerate(windows[s]) for w in ws]
+        t0 = time.perf_counter()
+        n_new = cache.ensure(keys, inputs, enc, spec, ctx.device, ctx.progress)
+        encode_wall = time.perf_counter() - t0
+        cache.save()
+        ctx.memo.setdefault(("grid-windows", budget), {})[spec.strategy.label] = set(keys)
+        ctx.memo[("span-cache-of", budget)] = cache
+
+        def item(split, i, ws):
+            return torch.stack([cache.rows[(split, i, w)][0] for w in ws])  # (K, d)
+
+        model = ProbeModel(head, enc.model.config.hidden_size).to(ctx.device)
+        scores, head_per_doc, _, _, train_info = self._train_eval(spec, ctx, model, data, windows, strategy, item)
+        enc_per_doc = np.array([sum(cache.rows[("test", i, w)][1] for w in ws) for i, ws in enumerate(windows["test"])])
+        padded = sum(cache.rows[("test", i, w)][2] for i, ws in enumerate(windows["test"]) for w in ws)
+        measurements = self.measure(spec, enc, data, windows, budget, enc_per_doc + head_per_doc, padded)
+        measurements.update(encode_wall_s=encode_wall, windows_encoded_now=n_new,
+                            span_cache_hits=len(set(keys)) - n_new, encoder_seconds_test=float(enc_per_doc.sum()),
+                            timing="encoder: tokens-apportioned batch time when the window was encoded "
+                                   "(span cache); head: measured now", **train_info)
+        return self.result(spec, enc, data, windows, budget, scores, measurements, head)
+
+    def _finetune(self, spec, ctx, enc, data, windows, head, budget, strategy) -> CellResult:
+        from bench.model import load_encoder as _load
+
+        fresh = _load(spec.model, ctx.device)  # a fresh copy: fine-tuning must not touch the shared encoder
+        encoder = fresh.model
+        if spec.train.finetune == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            cfg = LoraConfig(r=spec.train.lora_r, lora_alpha=spec.train.lora_alpha,
+                             lora_dropout=spec.train.lora_dropout,
+                             target_modules=list(spec.train.lora_target_modules))
+            encoder = get_peft_model(encoder, cfg)
+        model = FinetuneModel(encoder, head, enc.tokenizer.pad_token_id, spec.pooler, ctx.device).to(ctx.device)
+
+        def item(split, i, ws):
+            return [build_input(enc.tokenizer, data.ids[split][i], w) for w in ws]
+
+        cap = spec.train.max_windows_train
+        train_windows = [ws if cap is None or len(ws) <= cap else _even(ws, cap) for ws in windows["train"]]
+        scores, per_doc, wall, padded, train_info = self._train_eval(spec, ctx, model, data, windows, strategy, item,
+                                                                    train_windows)
+        measurements = self.measure(spec, enc, data, windows, budget, per_doc, padded)
+        measurements.update(predict_wall_s=wall, trainable_params=n_params(model, trainable=True),
+                            total_params=n_params(model), timing="measured now (tokens-apportioned batch time)",
+                            **train_info)
+        del model, encoder, fresh
+        return self.result(spec, enc, data, windows, budget, scores, measurements, head)
+
+    # ------------------------------------------------------------ measurements and metrics
+
+    def measure(self, spec, enc, data, windows, budget, per_doc_s, padded_tokens) -> dict[str, Any]:
+        special = enc.tokenizer.num_special_tokens_to_add(pair=False)
+        n = np.array([len(x) for x in data.ids["test"]])
+        tokens = np.array([sum(window_len(w) + special for w in ws) for ws in windows["test"]])
+        head_tokens = np.minimum(n, budget) + special
+        seen = np.array([_covered(ws) for ws in windows["test"]])
+        total = float(per_doc_s.sum())
+        return {
+            "docs": int(len(n)),
+            "docs_per_s": len(n) / max(total, 1e-12),
+            "tokens_per_s": float(tokens.sum()) / max(total, 1e-12),
+            "real_tokens": int(tokens.sum()),
+            "padded_tokens": int(padded_tokens),
+            "padding_waste": 1.0 - float(tokens.sum()) / max(1, padded_tokens),
+            "latency_p50_ms": float(np.percentile(per_doc_s, 50) * 1e3),
+            "latency_p95_ms": float(np.percentile(per_doc_s, 95) * 1e3),
+            "windows_per_doc": float(np.mean([len(ws) for ws in windows["test"]])),
+            "compute_multiplier": float(tokens.sum() / head_tokens.sum()),
+            "coverage": float(seen.sum() / max(1, n.sum())),
+            "inference_seconds": total,
+        }
+
+    def result(self, spec, enc, data, windows, budget, scores, measurements, head) -> CellResult:
+        y = np.array(data.y["test"])
+        pred = scores.argmax(1).numpy()
+        n = [len(x) for x in data.ids["test"]]
+        buckets = [length_bucket(k, budget) for k in n]
+        metrics = {"accuracy": float(accuracy_score(y, pred)),
+                   "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0))}
+        for b in LENGTH_BUCKETS:
+            idx = [i for i, x in enumerate(buckets) if x == b]
+            metrics[f"bucket[{b}].n"] = len(idx)
+            if idx:
+                metrics[f"bucket[{b}].accuracy"] = float(accuracy_score(y[idx], pred[idx]))
+                metrics[f"bucket[{b}].macro_f1"] = float(f1_score(y[idx], pred[idx], average="macro",
+                                                                  zero_division=0))
+        preds = [{"i": i, "label": data.labels[y[i]], "pred": data.labels[pred[i]], "correct": bool(y[i] == pred[i]),
+                  "n_tokens": n[i], "bucket": buckets[i], "spans": [list(map(list, w)) for w in windows["test"][i]]}
+                 for i in range(len(y))]
+        info = {"budget": budget, "attn_implementation": enc.attn_implementation, "dtype": enc.dtype,
+                "labels": len(data.labels), **data.counts}
+        return CellResult(metrics, measurements, preds, info)
+
+
+def _covered(ws: list[Window]) -> int:
+    spans = sorted(s for w in ws for s in w)
+    total, end = 0, 0
+    for s, e in spans:
+        if e > end:
+            total += e - max(s, end)
+            end = e
+    return total
+
+
+def _even(ws: list, k: int) -> list:
+    from strategies.sliding import cap
+
+    idx = cap(list(range(len(ws))), k, "even")
+    return [ws[i] for i in idx]
