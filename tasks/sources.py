@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
@@ -86,13 +87,16 @@ def load_newsarticles(text_col: str = "text", label_col: str = "label") -> datas
 
 
 def load_hub(name: str, text_col: str, label_col: str) -> datasets.DatasetDict:
-    """Any hub dataset with a text and a label column (connected users)."""
-    if offline():
+    """Any hub dataset id (connected users) or a local folder of data files
+    (e.g. train.csv / test.csv) with a text and a label column."""
+    if offline() and not Path(name).is_dir():
         raise ConfigError(
             f"dataset {name!r} is not built in ({', '.join(SOURCES)}) and looks like a hub id, but this machine is "
             f"offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set); use a built-in dataset or a connected machine"
         )
     raw = datasets.load_dataset(name, cache_dir=str(cache_dir("datasets")))
+    if "val" in raw and "validation" not in raw:
+        raw["validation"] = raw.pop("val")
     if "train" not in raw or "test" not in raw:
         raise ConfigError(f"hub dataset {name!r} needs train and test splits; it has {list(raw)}")
     train = _standardise(raw["train"], text_col, label_col)
@@ -114,7 +118,7 @@ SOURCES: dict[str, Source] = {
 def load_clf(name: str, text_col: str = "text", label_col: str = "label") -> datasets.DatasetDict:
     if name in SOURCES:
         return SOURCES[name].load(text_col, label_col)
-    if offline():
+    if offline() and not Path(name).is_dir():
         err = did_you_mean(name, list(SOURCES), "dataset")
         raise ConfigError(f"{err} (hub ids need a connection; this machine is offline)")
     return load_hub(name, text_col, label_col)

@@ -1,0 +1,338 @@
+"""Resampling statistics over per-example results: bootstrap CIs and paired tests.
+
+Why this shape: every metric the benchmark reports (accuracy, macro-F1, micro-F1,
+SQuAD EM/F1) is a smooth function of *sums over test examples* of per-example
+feature vectors: accuracy = Σcorrect / Σ1, macro-F1 = g(Σ per-class tp, Σ gold,
+Σ predicted), micro-F1 = g(Σtp, Σfp, Σfn). Writing a metric as
+``finish(Σ_i features(row_i))`` makes both resampling schemes one matrix product:
+
+* bootstrap: a resample is a vector of example multiplicities ``w`` (B, n), and the
+  resampled sums are ``w @ F`` (B, k); no per-resample Python loop and no copying rows;
+* approximate randomisation: a swap mask ``m`` mixes two systems' features,
+  ``m @ F_a + (1 - m) @ F_b``, which is again a product.
+
+Several seeds of one configuration are evaluated on the *same* test examples, so a
+bootstrap resample draws example indices once and applies them to every seed; the
+statistic of a resample is the mean of the seeds' statistics (see :data:`METHOD`).
+Comparisons against ``head`` reuse the very same resamples, which pairs them.
+
+The simple API (:func:`bootstrap_ci`, :func:`paired_bootstrap`,
+:func:`approximate_randomization`) takes per-example score vectors, shape (n,) or
+(seeds, n); :func:`statistic_for` picks the statistic of a task's main metric from its
+sidecar rows (label/pred for macro-F1, ``correct`` for accuracy, a per-example field
+named like the metric, or tp/fp/fn counts).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Mapping, Sequence
+
+import numpy as np
+
+Rows = Sequence[Mapping[str, Any]]
+
+N_BOOT = 1000
+ALPHA = 0.05
+
+METHOD = (
+    "95% CIs are percentile bootstrap intervals over test examples ({n_boot} resamples, seeded). "
+    "All seeds of a cell were scored on the same test examples, so each resample draws example indices once, "
+    "applies them to every seed, recomputes the metric per seed (macro-F1 is recomputed from the resampled "
+    "label/prediction pairs, not averaged) and averages over seeds; the interval is taken over those seed means. "
+    "It measures test-sample uncertainty of the seed-averaged score; seed-to-seed spread is the `metric_std` "
+    "column of the CSV. A strategy is compared with `head` at the same budget by a two-sided paired bootstrap "
+    "on the same resamples (p = share of resampled differences at least as far from the observed difference "
+    "as the observed difference is from 0, with +1 smoothing); ≈ marks p ≥ {alpha} (not significant). "
+    "No correction for multiple comparisons."
+)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """A metric written as ``finish(Σ_i features(row_i))``.
+
+    ``featurize`` maps several aligned runs (same examples, same order) to one array
+    (runs, n, k) with a shared feature layout, e.g. one label vocabulary, so that
+    features of two systems can be mixed by a randomisation test.
+    ``finish`` maps summed features (..., k) to the metric (...), NaN where undefined.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    featurize: Callable[[Sequence[Rows]], np.ndarray]
+    finish: Callable[[np.ndarray], np.ndarray]
+
+    def features(self, runs: Sequence[Rows]) -> np.ndarray:
+        return self.featurize(runs)
+
+    def value(self, features: np.ndarray) -> float:
+        """The metric on the unresampled examples of one run, features (n, k)."""
+        return float(self.finish(features.sum(0)))
+
+
+def _ratio(t: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return t[..., 0] / t[..., 1]
+
+
+def mean_of(field: str) -> Statistic:
+    """The mean of a per-example number (``correct``, a per-example F1, a loss)."""
+
+    def featurize(runs: Sequence[Rows]) -> np.ndarray:
+        x = np.array([[float(r[field]) for r in rows] for rows in runs], dtype=float).reshape(len(runs), -1)
+        return np.stack([x, np.ones_like(x)], axis=-1)  # (R, n, 2)
+
+    return Statistic(f"mean({field})", (field,), featurize, _ratio)
+
+
+def scores_statistic() -> Statistic:
+    """The mean of raw score vectors; used by the score-vector API below."""
+    return mean_of("score")
+
+
+def macro_f1(label: str = "label", pred: str = "pred") -> Statistic:
+    """Macro-F1 as sklearn computes it (``average="macro", zero_division=0``): the
+    unweighted mean F1 over the classes present as gold *or* predicted in the sample,
+    which in a resample is recomputed from that resample's counts."""
+
+    def featurize(runs: Sequence[Rows]) -> np.ndarray:
+        vocab = sorted({str(r[f]) for rows in runs for r in rows for f in (label, pred)})
+        index = {v: j for j, v in enumerate(vocab)}
+        c = len(vocab)
+        out = []
+        for rows in runs:
+            y = np.array([index[str(r[label])] for r in rows], dtype=int)
+            p = np.array([index[str(r[pred])] for r in rows], dtype=int)
+            gold = np.eye(c)[y] if len(y) else np.zeros((0, c))  # (n, C)
+            predicted = np.eye(c)[p] if len(p) else np.zeros((0, c))  # (n, C)
+            out.append(np.concatenate([gold * predicted, gold, predicted], axis=1))  # (n, 3C): tp | gold | pred
+        return np.stack(out) if out else np.zeros((0, 0, 3 * c))
+
+    def finish(t: np.ndarray) -> np.ndarray:
+        tp, gold, predicted = np.split(t, 3, axis=-1)  # (..., C) each
+        support = gold + predicted
+        present = support > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(present, 2 * tp / np.where(present, support, 1), 0.0)
+            return f1.sum(-1) / present.sum(-1)
+
+    return Statistic("macro_f1", (label, pred), featurize, finish)
+
+
+def micro_f1(tp: str = "tp", fp: str = "fp", fn: str = "fn") -> Statistic:
+    """Micro-F1 from per-example counts (entity-level NER): 2Σtp / (2Σtp + Σfp + Σfn)."""
+
+    def featurize(runs: Sequence[Rows]) -> np.ndarray:
+        return np.array([[[float(r[tp]), float(r[fp]), float(r[fn])] for r in rows] for rows in runs],
+                        dtype=float).reshape(len(runs), -1, 3)
+
+    def finish(t: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return 2 * t[..., 0] / (2 * t[..., 0] + t[..., 1] + t[..., 2])
+
+    return Statistic("micro_f1", (tp, fp, fn), featurize, finish)
+
+
+# (task or None for any task, metric name) -> factory. Tasks whose metric name clashes with a
+# per-example field of another meaning register themselves here (see statistic_for).
+_REGISTRY: dict[tuple[str | None, str], Callable[[], Statistic]] = {
+    (None, "macro_f1"): macro_f1,
+    (None, "accuracy"): lambda: mean_of("correct"),
+    (None, "micro_f1"): micro_f1,
+    (None, "f1"): micro_f1,  # only when the rows carry tp/fp/fn and no per-example "f1"
+}
+
+
+def register_statistic(metric: str, factory: Callable[[], Statistic], task: str | None = None) -> None:
+    """Declare how a task's metric is recomputed from its sidecar rows."""
+    _REGISTRY[(task, metric)] = factory
+
+
+def statistic_for(task: str, metric: str, row: Mapping[str, Any]) -> Statistic | None:
+    """The statistic of ``metric`` for sidecar rows shaped like ``row``, or None.
+
+    Order: a task-specific registration; a numeric per-example field named like the
+    metric (its mean); a generic registration whose fields the rows carry. Callers
+    still check that the statistic reproduces the run's recorded metric.
+    """
+    candidates: list[Callable[[], Statistic]] = []
+    if (task, metric) in _REGISTRY:
+        candidates.append(_REGISTRY[(task, metric)])
+    if isinstance(row.get(metric), (int, float, bool)):
+        candidates.append(lambda: mean_of(metric))
+    if (None, metric) in _REGISTRY:
+        candidates.append(_REGISTRY[(None, metric)])
+    for make in candidates:
+        stat = make()
+        if all(f in row for f in stat.fields):
+            return stat
+    return None
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) multiplicities of each example in each bootstrap resample."""
+    idx = rng.integers(0, n, size=(n_boot, n))  # (B, n) drawn indices
+    flat = idx + n * np.arange(n_boot)[:, None]
+    return np.bincount(flat.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
+
+
+def _chunks(n: int, n_boot: int) -> list[int]:
+    """Split the resamples so a (chunk, n) weight matrix stays around 16 MB."""
+    per = max(1, min(n_boot, (1 << 21) // max(1, n)))
+    sizes = [per] * (n_boot // per)
+    if n_boot % per:
+        sizes.append(n_boot % per)
+    return sizes
+
+
+def seed_mean_point(stat: Statistic, features: np.ndarray) -> float:
+    """The metric of each seed on all examples, averaged over seeds; features (S, n, k)."""
+    return float(np.mean(stat.finish(features.sum(1))))  # (S, k) -> (S,) -> ()
+
+
+def bootstrap(stat: Statistic, cells: Mapping[Hashable, np.ndarray], n_boot: int = N_BOOT,
+              seed: int = 0) -> dict[Hashable, np.ndarray]:
+    """Seed-mean bootstrap distributions, (n_boot,) per cell, under *shared* resamples.
+
+    Every cell is an array (seeds, n, k) over the same n examples in the same order;
+    sharing the resamples pairs the cells, so differences of two distributions are a
+    paired bootstrap of the difference.
+    """
+    ns = {f.shape[1] for f in cells.values()}
+    if len(ns) > 1:
+        raise ValueError(f"cells disagree on the number of examples: {sorted(ns)}")
+    out: dict[Hashable, list[np.ndarray]] = {key: [] for key in cells}
+    if not cells:
+        return {}
+    n = ns.pop()
+    if n == 0:
+        return {key: np.full(n_boot, np.nan) for key in cells}
+    rng = np.random.default_rng(seed)
+    for size in _chunks(n, n_boot):
+        w = resample_counts(n, size, rng)  # (b, n)
+        for key, f in cells.items():
+            sums = w @ f  # (b, n) @ (S, n, k) -> (S, b, k)
+            out[key].append(np.mean(stat.finish(sums), axis=0))  # (S, b) -> (b,)
+    return {key: np.concatenate(parts) for key, parts in out.items()}
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    lo: float
+    hi: float
+
+    def covers(self, value: float) -> bool:
+        return self.lo <= value <= self.hi
+
+
+def percentile_interval(estimate: float, dist: np.ndarray, alpha: float = ALPHA) -> Interval:
+    """Percentile interval; resamples where the metric is undefined (NaN) are ignored."""
+    dist = dist[np.isfinite(dist)]
+    if dist.size == 0:
+        return Interval(estimate, float("nan"), float("nan"))
+    lo, hi = np.percentile(dist, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return Interval(estimate, float(lo), float(hi))
+
+
+def bootstrap_p_value(observed: float, dist: np.ndarray) -> float:
+    """Two-sided p of a paired bootstrap: shift the resampled differences to the null
+    (centre them on 0) and count those at least as extreme as the observed one."""
+    dist = dist[np.isfinite(dist)]
+    if dist.size == 0 or not np.isfinite(observed):
+        return float("nan")
+    extreme = np.abs(dist - observed) >= abs(observed) - 1e-12
+    return float((1 + extreme.sum()) / (1 + dist.size))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Strategy minus reference, with its bootstrap interval and p-value."""
+
+    diff: float
+    lo: float
+    hi: float
+    p: float
+
+    def significant(self, alpha: float = ALPHA) -> bool:
+        return bool(self.p < alpha)
+
+
+def compare(observed: float, dist: np.ndarray, alpha: float = ALPHA) -> Comparison:
+    ci = percentile_interval(observed, dist, alpha)
+    return Comparison(observed, ci.lo, ci.hi, bootstrap_p_value(observed, dist))
+
+
+def randomization_test(stat: Statistic, a: np.ndarray, b: np.ndarray, n_perm: int = N_BOOT,
+                       seed: int = 0) -> float:
+    """Two-sided approximate randomisation p-value for seed-mean(a) - seed-mean(b).
+
+    a and b are features (S, n, k) of the same examples (and matched seeds); each
+    permutation swaps the two systems' outputs on a random half of the examples, in
+    every seed at once.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"paired features must have the same shape: {a.shape} vs {b.shape}")
+    observed = seed_mean_point(stat, a) - seed_mean_point(stat, b)
+    rng = np.random.default_rng(seed)
+    total = a.sum(1) + b.sum(1)  # (S, k)
+    delta = a - b  # (S, n, k)
+    base = b.sum(1)  # (S, k)
+    hits = 0
+    n = a.shape[1]
+    for size in _chunks(n, n_perm):
+        m = rng.integers(0, 2, size=(size, n)).astype(float)  # (p, n): 1 = keep, 0 = swap
+        ta = base[:, None, :] + m @ delta  # (p, n) @ (S, n, k) -> (S, p, k)
+        tb = total[:, None, :] - ta
+        d = np.mean(stat.finish(ta), 0) - np.mean(stat.finish(tb), 0)  # (p,)
+        hits += int(np.sum(np.abs(d) >= abs(observed) - 1e-12))
+    return float((1 + hits) / (1 + n_perm))
+
+
+# --------------------------------------------------------------------------- score-vector API
+
+
+def _score_features(scores: np.ndarray | Sequence[float]) -> np.ndarray:
+    x = np.asarray(scores, dtype=float)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError("scores must be (n,) or (seeds, n)")
+    return np.stack([x, np.ones_like(x)], axis=-1)  # (S, n, 2)
+
+
+def bootstrap_ci(scores: np.ndarray | Sequence[float], n_boot: int = N_BOOT, alpha: float = ALPHA,
+                 seed: int = 0) -> Interval:
+    """Mean of a per-example score vector, (n,) or (seeds, n), with its percentile CI."""
+    stat = scores_statistic()
+    f = _score_features(scores)
+    dist = bootstrap(stat, {0: f}, n_boot, seed)[0]
+    return percentile_interval(seed_mean_point(stat, f), dist, alpha)
+
+
+def paired_bootstrap(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float], n_boot: int = N_BOOT,
+                     alpha: float = ALPHA, seed: int = 0) -> Comparison:
+    """mean(a) - mean(b) on the same examples: paired bootstrap CI and two-sided p."""
+    stat = scores_statistic()
+    fa, fb = _score_features(a), _score_features(b)
+    dists = bootstrap(stat, {"a": fa, "b": fb}, n_boot, seed)
+    observed = seed_mean_point(stat, fa) - seed_mean_point(stat, fb)
+    return compare(observed, dists["a"] - dists["b"], alpha)
+
+
+def approximate_randomization(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float],
+                              n_perm: int = N_BOOT, seed: int = 0) -> float:
+    """Two-sided approximate randomisation p-value for mean(a) - mean(b) on the same examples."""
+    return randomization_test(scores_statistic(), _score_features(a), _score_features(b), n_perm, seed)
+
+
+__all__ = ["ALPHA", "Comparison", "Interval", "METHOD", "N_BOOT", "Statistic", "approximate_randomization",
+           "bootstrap", "bootstrap_ci", "bootstrap_p_value", "compare", "macro_f1", "mean_of", "micro_f1",
+           "paired_bootstrap", "percentile_interval", "randomization_test", "register_statistic",
+           "resample_counts", "seed_mean_point", "statistic_for"]

@@ -1,0 +1,178 @@
+"""The classification task through the real runner, on a tiny random BERT and inline data."""
+from __future__ import annotations
+
+import csv
+import random
+
+import pytest
+import torch
+
+from bench.config import load_sweep
+from bench.results import read_jsonl
+from bench.runner import run_sweep
+from bench.tables import leaderboard
+from tasks import Context
+from tasks.clf import fold_windows
+
+from .conftest import WORDS, make_doc
+
+ALL = ["strategies=[head, tail, head_tail, {name: sliding, pool: max}, {name: sliding, pool: vote},"
+       " {name: hierarchical, pool: attention}, {name: hierarchical, pool: transformer}]"]
+
+
+def sweep_for(model, data, *extra):
+    return load_sweep("clf", [f"model={model}", f"dataset={data}", "limits.train=null", "limits.val=null",
+                              "limits.test=null", "train.epochs=4", "train.patience=4", "seeds=[0]",
+                              "budgets=[16,64]", *extra])
+
+
+def run(sweep, root):
+    return run_sweep(sweep, root, ctx=Context(device=torch.device("cpu"), progress=False), progress=False)
+
+
+@pytest.fixture()
+def ran(tiny_model, tiny_data, tmp_path, cache_env):
+    sweep = sweep_for(tiny_model, tiny_data, *ALL)
+    summary = run(sweep, tmp_path / "results")
+    return sweep, summary, read_jsonl(tmp_path / "results" / "clf" / "runs.jsonl"), tmp_path / "results"
+
+
+def test_grid_runs_every_cell_and_table_has_them(ran):
+    sweep, summary, runs, _ = ran
+    assert summary.ok and summary.ran == len(sweep.cells()) == 14
+    assert all(r["status"] == "ok" for r in runs)
+    board = leaderboard(runs)
+    table = dict(board.sections)[next(t for t, _ in board.sections if "macro_f1" in t)]
+    assert table.shape == (7, 2) and not (table == "–").any().any()
+    for r in runs:
+        assert 0.0 <= r["metrics"]["accuracy"] <= 1.0 and 0.0 <= r["metrics"]["macro_f1"] <= 1.0
+        m = r["measurements"]
+        assert m["docs_per_s"] > 0 and m["tokens_per_s"] > 0 and m["peak_memory_mb"] > 0
+        assert m["latency_p95_ms"] >= m["latency_p50_ms"] > 0
+        assert m["padded_tokens"] >= m["real_tokens"]
+        assert r["env"]["threads"] >= 1 and r["info"]["attn_implementation"] in ("sdpa", "eager")
+
+
+def test_pinned_token_accounting(ran):
+    """Token counts are pure arithmetic on the tokenized data: pinned exactly."""
+    _, _, runs, _ = ran
+    got = {(r["spec"]["strategy"]["label"], r["budget"]): r["measurements"] for r in runs}
+    assert got[("head", 16)]["real_tokens"] == 30 * 18  # every test doc has > 16 tokens: 16 + [CLS] + [SEP]
+    assert got[("head", 16)]["compute_multiplier"] == 1.0
+    assert got[("sliding[pool=max]", 16)]["coverage"] == 1.0
+    assert got[("hierarchical[pool=attention]", 16)]["coverage"] == 1.0
+    assert got[("head", 64)]["coverage"] == pytest.approx(got[("tail", 64)]["coverage"])
+    assert got[("sliding[pool=max]", 64)]["compute_multiplier"] > got[("hierarchical[pool=attention]", 64)][
+        "compute_multiplier"] > 1.0
+
+
+def test_rerun_skips_recorded_runs(ran, tiny_model, tiny_data):
+    sweep, _, runs, root = ran
+    again = run(sweep, root)
+    assert again.ran == 0 and again.skipped == len(runs)
+    assert len(read_jsonl(root / "clf" / "runs.jsonl")) == len(runs)
+
+
+def test_sidecar_holds_spans_per_document(ran):
+    import json
+
+    _, _, runs, root = ran
+    r = next(r for r in runs if r["spec"]["strategy"]["name"] == "sliding")
+    rows = [json.loads(l) for l in (root / "clf" / r["predictions_file"]).read_text().splitlines()]
+    assert len(rows) == 30 and all(row["spans"] for row in rows)
+    assert {"label", "pred", "correct", "n_tokens", "bucket"} <= set(rows[0])
+
+
+def test_same_seed_same_metrics(tiny_model, tiny_data, tmp_path, cache_env):
+    a = sweep_for(tiny_model, tiny_data, "strategies=[head, {name: hierarchical, pool: attention}]", "budgets=[32]")
+    run(a, tmp_path / "one")
+    run(a, tmp_path / "two")
+    one = [r["metrics"] for r in read_jsonl(tmp_path / "one" / "clf" / "runs.jsonl")]
+    two = [r["metrics"] for r in read_jsonl(tmp_path / "two" / "clf" / "runs.jsonl")]
+    assert one == two
+
+
+@pytest.fixture()
+def short_data(tmp_path):
+    rng = random.Random(1)
+    for split, n in {"train": 45, "val": 15, "test": 21}.items():
+        with open(tmp_path / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            for i in range(n):
+                label = list(WORDS)[i % 3]
+                w.writerow([make_doc(rng, label, rng.randint(5, 40)), label])
+    return str(tmp_path)
+
+
+def test_hierarchical_one_chunk_mean_equals_head(tiny_model, short_data, tmp_path, cache_env):
+    """Differential: on documents shorter than the budget, hierarchical (mean) is head."""
+    sweep = sweep_for(tiny_model, short_data, "strategies=[head, {name: hierarchical, pool: mean}]", "budgets=[100]")
+    run(sweep, tmp_path / "r")
+    runs = read_jsonl(tmp_path / "r" / "clf" / "runs.jsonl")
+    assert len(runs) == 2
+    assert runs[0]["metrics"] == runs[1]["metrics"]
+    assert runs[0]["predictions_sha"] == runs[1]["predictions_sha"]
+
+
+def test_empty_documents_counted_or_refused(tiny_model, tmp_path, cache_env):
+    rng = random.Random(2)
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in {"train": 30, "val": 9, "test": 9}.items():
+        with open(data / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            for i in range(n):
+                w.writerow([make_doc(rng, list(WORDS)[i % 3], 20), list(WORDS)[i % 3]])
+            if split == "test":
+                w.writerow(["", "space"])
+                w.writerow(["   \t ", "sport"])
+    sweep = sweep_for(tiny_model, str(data), "strategies=[head, sliding]", "budgets=[16]")
+    run(sweep, tmp_path / "keep")
+    runs = read_jsonl(tmp_path / "keep" / "clf" / "runs.jsonl")
+    assert all(r["status"] == "ok" and r["info"]["empty_docs_test"] == 2 and r["measurements"]["docs"] == 11
+               for r in runs)
+    refused = run(sweep_for(tiny_model, str(data), "strategies=[head]", "budgets=[16]", "empty_docs=error"),
+                  tmp_path / "err")
+    assert not refused.ok and "2 empty or whitespace-only documents" in refused.failed[0][2]
+
+
+def test_unknown_test_label_is_an_error_naming_it(tiny_model, tiny_data, tmp_path, cache_env):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    with open(data / "test.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["some text here", "cooking"])
+    summary = run(sweep_for(tiny_model, str(data), "strategies=[head]", "budgets=[16]"), tmp_path / "r")
+    assert not summary.ok and "['cooking']" in summary.failed[0][2]
+
+
+def test_budget_beyond_model_positions_refused(tiny_model, tiny_data, tmp_path, cache_env):
+    summary = run(sweep_for(tiny_model, tiny_data, "strategies=[head]", "budgets=[127]"), tmp_path / "r")
+    assert not summary.ok and "exceeds the model's room of 126 tokens" in summary.failed[0][2]
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_finetune_modes(tiny_model, tiny_data, tmp_path, cache_env, kind):
+    sweep = sweep_for(tiny_model, tiny_data, "mode=finetune", f"train.finetune={kind}", "train.epochs=1",
+                      "train.lr=0.001", "strategies=[head, {name: hierarchical, pool: mean}]", "budgets=[32]")
+    assert run(sweep, tmp_path / "r").ok
+    runs = read_jsonl(tmp_path / "r" / "clf" / "runs.jsonl")
+    for r in runs:
+        m = r["measurements"]
+        assert m["train_examples_per_s"] > 0 and m["trainable_params"] > 0
+        if kind == "lora":
+            assert m["trainable_params"] < m["total_params"] / 5
+        else:
+            assert m["trainable_params"] == m["total_params"]
+
+
+def test_fold_windows_pools_by_hand():
+    logits = torch.tensor([[1.0, 0.0], [3.0, 5.0], [0.0, 2.0]])
+    owner = [0, 0, 1]
+    assert torch.allclose(fold_windows(logits, owner, 2, "mean"), torch.tensor([[2.0, 2.5], [0.0, 2.0]]))
+    assert torch.allclose(fold_windows(logits, owner, 2, "max"), torch.tensor([[3.0, 5.0], [0.0, 2.0]]))
+    votes = fold_windows(torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 9.0]]), [0, 0, 0], 1, "vote")
+    assert votes.argmax(1).item() == 0  # two votes beat one confident window
