@@ -111,6 +111,7 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
     env = environment(ctx.device)
     summary = GridSummary()
     cells = sweep.cells()
+    ctx.memo["cells"] = cells  # lets a task plan shared work (e.g. one encoding pass per budget)
     with _StopAfterCell() as stop:
         for spec in tqdm(cells, desc="grid", disable=not progress):
             rid = run_id(spec_record(spec, task))

@@ -1,15 +1,27 @@
-"""Tables are one pure function of the JSONL: runs -> long DataFrame -> pivots -> markdown/CSV.
+"""Tables are one pure function of the JSONL (and the sidecars it names):
+runs -> long DataFrames -> pivots (strategy × budget) -> markdown / CSV.
 
-The CLI, the report and the tests all call :func:`leaderboard`.
+The CLI, the report and the tests all call :func:`leaderboard`. Statistics come from
+the per-example sidecars (``predictions_file``, relative to the runs.jsonl folder):
+bootstrap CIs, a paired test against ``head`` and the length-bucket breakdown; see
+:mod:`bench.stats` for the method. Without sidecars a cell falls back to mean ± std
+over seeds.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
+
+from . import stats
+from .store import canonical, content_hash
 
 # (column in the long frame, heading, format)
 COLUMNS = {
@@ -20,12 +32,47 @@ COLUMNS = {
     "compute_multiplier": ("tokens vs head", "{:.2f}"),
     "coverage": ("coverage", "{:.2f}"),
 }
+# Measurements the report plots besides COLUMNS (cost axes of the Pareto plots).
+EXTRA_MEASURES = ("real_tokens", "latency_p50_ms", "latency_p95_ms")
+MEASURES = tuple(k for k in COLUMNS if k != "metric") + EXTRA_MEASURES
+
+# Mirrors tasks.base.LENGTH_BUCKETS (a test checks it): importing tasks would load torch.
+BUCKETS = ("<=b", "b-2b", "2b-4b", ">4b")
+REFERENCE = "head"
+GROUP_KEYS = ["task", "dataset", "data_label", "model", "mode", "sample"]
+NOT_SIGNIFICANT = "≈"
+
+
+def length_bucket(n: int, budget: int) -> str:
+    """Same rule as tasks.base.length_bucket, for sidecars that carry n_tokens but no bucket."""
+    if n <= budget:
+        return BUCKETS[0]
+    if n <= 2 * budget:
+        return BUCKETS[1]
+    if n <= 4 * budget:
+        return BUCKETS[2]
+    return BUCKETS[3]
+
+
+def sample_key(r: dict[str, Any]) -> str:
+    """Which test sample a run saw: runs are only compared (and paired) within one."""
+    spec = r.get("spec", {})
+    return canonical({"task_version": r.get("task_version", spec.get("task_version")),
+                      "data_seed": spec.get("data_seed"), "limits": spec.get("limits")})
+
+
+def _dedupe(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last line of each run_id wins (a store should hold one, but be safe)."""
+    by_id: dict[Any, dict[str, Any]] = {}
+    for k, r in enumerate(runs):
+        by_id[r.get("run_id", ("line", k))] = r
+    return list(by_id.values())
 
 
 def long_frame(runs: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per successful run with the fields tables need."""
     rows = []
-    for r in runs:
+    for r in _dedupe(runs):
         if r.get("status", "ok") != "ok":
             continue
         spec, m, meas = r["spec"], r["metrics"], r["measurements"]
@@ -38,13 +85,212 @@ def long_frame(runs: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "budget": r.get("budget", spec.get("budget")),
             "seed": spec["seed"],
             "main_metric": r["main_metric"],
+            "higher_is_better": bool(r.get("higher_is_better", True)),
             "metric": m[r["main_metric"]],
             **{f"m.{k}": v for k, v in m.items() if isinstance(v, (int, float))},
-            **{k: meas.get(k) for k in COLUMNS if k != "metric"},
+            **{k: meas.get(k) for k in MEASURES},
             "data_label": r.get("data_label", ""),
+            "sample": sample_key(r),
+            "run_id": r.get("run_id", ""),
+            "predictions_file": r.get("predictions_file"),
+            "predictions_sha": r.get("predictions_sha"),
         }
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def failed_frame(runs: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Runs that did not finish (oom, error): the report lists them."""
+    rows = []
+    for r in _dedupe(runs):
+        if r.get("status", "ok") == "ok":
+            continue
+        spec = r.get("spec", {})
+        rows.append({"task": spec.get("task", r.get("task")), "strategy": spec.get("strategy", {}).get("label"),
+                     "budget": spec.get("budget"), "seed": spec.get("seed"), "mode": spec.get("mode"),
+                     "status": r.get("status"), "error": str(r.get("error", ""))[:160]})
+    return pd.DataFrame(rows, columns=["task", "strategy", "budget", "seed", "mode", "status", "error"])
+
+
+def read_predictions(root: str | Path | None, run: pd.Series | dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A run's sidecar rows, or None when there is none or it is not the one the run recorded."""
+    rel = run.get("predictions_file")
+    if root is None or not isinstance(rel, str) or not rel:
+        return None
+    path = Path(root) / rel
+    if not path.exists():
+        warnings.warn(f"{path}: sidecar missing; its cell gets no CI", stacklevel=3)
+        return None
+    data = path.read_bytes()
+    sha = run.get("predictions_sha")
+    if isinstance(sha, str) and sha and content_hash(data) != sha:
+        warnings.warn(f"{path}: content hash differs from the run's predictions_sha; not used", stacklevel=3)
+        return None
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- cell statistics
+
+
+@dataclass
+class _BudgetStats:
+    """Bootstrap results of every strategy at one budget of one group."""
+
+    n_examples: int = 0
+    ci: dict[str, stats.Interval] = field(default_factory=dict)
+    vs_ref: dict[str, stats.Comparison] = field(default_factory=dict)
+    buckets: dict[tuple[str, str], tuple[int, stats.Interval]] = field(default_factory=dict)
+
+
+def _budget_stats(task: str, main: str, sub: pd.DataFrame, root: str | Path | None, n_boot: int, seed: int,
+                  alpha: float, notes: list[str]) -> _BudgetStats:
+    """CIs, tests against head and buckets for all strategies at one budget, on shared resamples."""
+    out = _BudgetStats()
+    preds = {rid: read_predictions(root, run) for rid, run in sub.set_index("run_id", drop=False).iterrows()}
+    first = next((rows[0] for rows in preds.values() if rows), None)
+    if first is None:
+        return out
+    stat = stats.statistic_for(task, main, first)
+    if stat is None:
+        notes.append(f"{task}: no per-example statistic for {main!r} from sidecar fields {sorted(first)}; no CIs")
+        return out
+    usable: dict[str, list[str]] = {}  # strategy -> run ids, only when every seed's sidecar reproduces the metric
+    for strategy, runs in sub.groupby("strategy", sort=True):
+        ids = list(runs.sort_values("seed")["run_id"])
+        ok = True
+        for rid, recorded in zip(ids, runs.sort_values("seed")["metric"]):
+            rows = preds.get(rid)
+            if not rows or not all(f in rows[0] for f in stat.fields):
+                ok = False
+                break
+            value = stat.value(stat.features([rows])[0])
+            if not np.isclose(value, recorded, rtol=1e-6, atol=1e-9):
+                notes.append(f"{task} {strategy} b={runs['budget'].iloc[0]}: sidecar gives {main}={value:.6f}, "
+                             f"the run recorded {recorded:.6f}; no CI for this cell")
+                ok = False
+                break
+        if ok:
+            usable[strategy] = ids
+    if not usable:
+        return out
+    all_ids = [rid for ids in usable.values() for rid in ids]
+    common = set.intersection(*({r["i"] for r in preds[rid]} for rid in all_ids))
+    order = sorted(common)
+    if any(len(preds[rid]) != len(order) for rid in all_ids):
+        notes.append(f"{task} b={sub['budget'].iloc[0]}: runs saw different test examples; "
+                     f"statistics use the {len(order)} they share")
+    aligned = {rid: {r["i"]: r for r in preds[rid]} for rid in all_ids}
+    features = stat.features([[aligned[rid][i] for i in order] for rid in all_ids])  # (R, n, k)
+    offsets = np.cumsum([0] + [len(ids) for ids in usable.values()])
+    cells = {(s, None): features[offsets[j]:offsets[j + 1]] for j, s in enumerate(usable)}  # (S, n, k) each
+    rows0 = [aligned[all_ids[0]][i] for i in order]
+    budget = int(sub["budget"].iloc[0])
+    labels = [r.get("bucket") or (length_bucket(int(r["n_tokens"]), budget) if "n_tokens" in r else None)
+              for r in rows0]
+    masks = {b: np.array([x == b for x in labels]) for b in _bucket_order(labels)}
+    for s in usable:
+        for b, mask in masks.items():
+            cells[(s, b)] = cells[(s, None)] * mask[None, :, None]
+    dists = stats.bootstrap(stat, cells, n_boot, seed)
+    points = {key: stats.seed_mean_point(stat, f) for key, f in cells.items()}
+    jacks = {key: stats.jackknife(stat, f) for key, f in cells.items()}
+    out.n_examples = len(order)
+    for s in usable:
+        out.ci[s] = stats.bca_interval(points[(s, None)], dists[(s, None)], jacks[(s, None)], alpha)
+        for b, mask in masks.items():
+            iv = stats.bca_interval(points[(s, b)], dists[(s, b)], jacks[(s, b)][mask], alpha)
+            out.buckets[(s, b)] = (int(mask.sum()), iv)
+    if REFERENCE in usable:
+        for s in usable:
+            if s != REFERENCE:
+                key, ref = (s, None), (REFERENCE, None)
+                out.vs_ref[s] = stats.compare(points[key] - points[ref], dists[key] - dists[ref],
+                                              jacks[key] - jacks[ref], alpha)
+    return out
+
+
+def _bucket_order(labels: Iterable[Any]) -> list[str]:
+    present = {x for x in labels if x is not None}
+    return [b for b in BUCKETS if b in present] + sorted(present - set(BUCKETS))
+
+
+def _record_buckets(runs: pd.DataFrame, main: str) -> dict[str, tuple[float, float]]:
+    """Fallback without sidecars: the bucket metrics the run itself recorded, mean over seeds."""
+    out = {}
+    for b in BUCKETS:
+        v, n = f"m.bucket[{b}].{main}", f"m.bucket[{b}].n"
+        if n in runs and runs[n].notna().any():
+            value = runs[v].mean() if v in runs else float("nan")
+            out[b] = (float(runs[n].mean()), float(value))
+    return out
+
+
+def _strategy_order(names: Iterable[str]) -> list[str]:
+    names = sorted(set(names))
+    return ([REFERENCE] if REFERENCE in names else []) + [s for s in names if s != REFERENCE]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:80] or "group"
+
+
+def group_title(keys: dict[str, Any], show_sample: bool) -> str:
+    label = keys["data_label"]
+    title = f"{keys['task']} · {keys['dataset']}{' (' + label + ')' if label else ''} · {keys['model']} · {keys['mode']}"
+    if show_sample:
+        s = json.loads(keys["sample"])
+        limits = ",".join(f"{k}:{v}" for k, v in sorted((s.get("limits") or {}).items()))
+        title += f" · v{s.get('task_version')} data_seed={s.get('data_seed')} limits={limits}"
+    return title
+
+
+def cell_frames(df: pd.DataFrame, root: str | Path | None, n_boot: int = stats.N_BOOT, seed: int = 0,
+                alpha: float = stats.ALPHA) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Runs -> one row per (group, strategy, budget) and one per (…, length bucket)."""
+    cells, buckets, notes = [], [], []
+    if df.empty:
+        return pd.DataFrame(), pd.DataFrame(), notes
+    base_keys = ["task", "dataset", "data_label", "model", "mode"]
+    samples_per_base = df.groupby(base_keys)["sample"].nunique()
+    for keys, group in df.groupby(GROUP_KEYS, sort=True):
+        kd = dict(zip(GROUP_KEYS, keys))
+        title = group_title(kd, samples_per_base[tuple(kd[k] for k in base_keys)] > 1)
+        main = group["main_metric"].iloc[0]
+        common = {**kd, "group": title, "group_id": _slug(title), "main_metric": main,
+                  "higher_is_better": bool(group["higher_is_better"].iloc[0])}
+        for budget, sub in group.groupby("budget", sort=True):
+            bs = _budget_stats(kd["task"], main, sub, root, n_boot, seed, alpha, notes)
+            for strategy in _strategy_order(sub["strategy"]):
+                runs = sub[sub["strategy"] == strategy].sort_values("seed")
+                ci, cmp = bs.ci.get(strategy), bs.vs_ref.get(strategy)
+                row = {**common, "budget": int(budget), "strategy": strategy, "n_seeds": len(runs),
+                       "seeds": ",".join(str(s) for s in runs["seed"]),
+                       "n_examples": bs.n_examples if ci else np.nan,
+                       "metric": runs["metric"].mean(), "metric_std": runs["metric"].std(ddof=1),
+                       "ci_lo": ci.lo if ci else np.nan, "ci_hi": ci.hi if ci else np.nan,
+                       "diff_vs_head": cmp.diff if cmp else np.nan, "diff_lo": cmp.lo if cmp else np.nan,
+                       "diff_hi": cmp.hi if cmp else np.nan, "p_vs_head": cmp.p if cmp else np.nan,
+                       "significant": cmp.significant(alpha) if cmp else None}
+                for k in MEASURES:
+                    values = pd.to_numeric(runs[k], errors="coerce")
+                    row[k] = values.mean()
+                    row[f"{k}_std"] = values.std(ddof=1)
+                cells.append(row)
+                if any(s == strategy for s, _ in bs.buckets):
+                    for (s, b), (n, iv) in bs.buckets.items():
+                        if s == strategy:
+                            buckets.append({**common, "budget": int(budget), "strategy": strategy, "bucket": b,
+                                            "n": n, "metric": iv.estimate, "ci_lo": iv.lo, "ci_hi": iv.hi,
+                                            "source": "sidecar"})
+                else:
+                    for b, (n, value) in _record_buckets(runs, main).items():
+                        buckets.append({**common, "budget": int(budget), "strategy": strategy, "bucket": b,
+                                        "n": n, "metric": value, "ci_lo": np.nan, "ci_hi": np.nan,
+                                        "source": "record"})
+    return pd.DataFrame(cells), pd.DataFrame(buckets), notes
+
+
+# --------------------------------------------------------------------------- pivots and sections
 
 
 def _cell(values: pd.Series, fmt: str) -> str:
@@ -59,45 +305,154 @@ def _cell(values: pd.Series, fmt: str) -> str:
 def pivot(df: pd.DataFrame, column: str, fmt: str) -> pd.DataFrame:
     """strategy × budget, each cell mean ± std over seeds."""
     table = df.groupby(["strategy", "budget"])[column].apply(lambda s: _cell(s, fmt)).unstack("budget")
+    return _tidy(table)
+
+
+def _tidy(table: pd.DataFrame) -> pd.DataFrame:
     table = table.reindex(sorted(table.columns), axis=1)
+    table = table.reindex(_strategy_order(table.index))
     table.columns = [f"b={c}" for c in table.columns]
-    return table
+    table.index.name = "strategy"
+    return table.fillna("–")
+
+
+def pivot_cells(cells: pd.DataFrame, render: Callable[[pd.Series], str]) -> pd.DataFrame:
+    """strategy × budget of one rendered string per cell row."""
+    if cells.empty:
+        return pd.DataFrame()
+    table = cells.assign(_s=cells.apply(render, axis=1)).pivot(index="strategy", columns="budget", values="_s")
+    return _tidy(table)
+
+
+def _num(x: float, fmt: str, sign: bool = False) -> str:
+    s = fmt.format(x)
+    return ("+" + s if sign and x >= 0 and not s.startswith("+") else s) if np.isfinite(x) else "–"
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def render_metric(row: pd.Series, fmt: str = "{:.3f}") -> str:
+    """mean [lo, hi] with ≈ when not significantly different from head; mean ± std without CI."""
+    if not np.isfinite(row["ci_lo"]):
+        if row["n_seeds"] > 1 and np.isfinite(row["metric_std"]):
+            return f"{_num(row['metric'], fmt)} ± {_num(row['metric_std'], fmt)}"
+        return _num(row["metric"], fmt)
+    mark = f" {NOT_SIGNIFICANT}" if row["significant"] is False else ""
+    return f"{_num(row['metric'], fmt)} [{_num(row['ci_lo'], fmt)}, {_num(row['ci_hi'], fmt)}]{mark}"
+
+
+def render_diff(row: pd.Series, fmt: str = "{:.3f}") -> str:
+    if not np.isfinite(row["p_vs_head"]):
+        return "–"
+    return (f"{_num(row['diff_vs_head'], fmt, True)} [{_num(row['diff_lo'], fmt, True)}, "
+            f"{_num(row['diff_hi'], fmt, True)}] {_p(row['p_vs_head'])}")
+
+
+def bucket_table(buckets: pd.DataFrame, fmt: str = "{:.3f}") -> pd.DataFrame:
+    """(strategy, length bucket) × budget; each cell the metric and how many test documents fall there."""
+    if buckets.empty:
+        return pd.DataFrame()
+    b = buckets.assign(_s=[f"{_num(m, fmt)} (n={n:.0f})" for m, n in zip(buckets["metric"], buckets["n"])],
+                       _o=[BUCKETS.index(x) if x in BUCKETS else len(BUCKETS) for x in buckets["bucket"]])
+    order = {s: k for k, s in enumerate(_strategy_order(b["strategy"]))}
+    b = b.assign(_r=b["strategy"].map(order))
+    table = b.pivot_table(index=["_r", "strategy", "_o", "bucket"], columns="budget", values="_s", aggfunc="first")
+    table = table.reindex(sorted(table.columns), axis=1).fillna("–")
+    table.columns = [f"b={c}" for c in table.columns]
+    table = table.reset_index().drop(columns=["_r", "_o"]).set_index("strategy")
+    return table.rename(columns={"bucket": "length"})
+
+
+class Section(NamedTuple):
+    title: str
+    table: pd.DataFrame
+    note: str = ""
+    group_id: str = ""
+    kind: str = ""
 
 
 @dataclass
 class Leaderboard:
-    frame: pd.DataFrame
-    sections: list[tuple[str, pd.DataFrame]]
+    frame: pd.DataFrame  # one row per successful run
+    sections: list[Section]
+    cells: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (group, strategy, budget)
+    buckets: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (…, length bucket)
+    failed: pd.DataFrame = field(default_factory=pd.DataFrame)
+    notes: list[str] = field(default_factory=list)
+    method: str = ""
 
     def markdown(self) -> str:
         out = []
-        for title, t in self.sections:
-            out.append(f"### {title}\n")
-            out.append(tabulate(t, headers="keys", tablefmt="github", stralign="right") + "\n")
+        for s in self.sections:
+            out.append(f"### {s.title}\n")
+            out.append(tabulate(s.table, headers="keys", tablefmt="github", stralign="right") + "\n")
+            if s.note:
+                out.append(s.note + "\n")
+        if self.method:
+            out.append(f"**Method.** {self.method}\n")
+        for n in self.notes:
+            out.append(f"- note: {n}")
         return "\n".join(out)
 
     def csv(self) -> str:
-        return self.frame.to_csv(index=False)
+        """The leaderboard cells (CIs, tests against head, measurements), one row each."""
+        return self.cells.to_csv(index=False, float_format="%.6g")
+
+    def buckets_csv(self) -> str:
+        return self.buckets.to_csv(index=False, float_format="%.6g")
 
 
-def leaderboard(runs: Iterable[dict[str, Any]]) -> Leaderboard:
+def leaderboard(runs: Iterable[dict[str, Any]], root: str | Path | None = None, *, n_boot: int = stats.N_BOOT,
+                seed: int = 0, alpha: float = stats.ALPHA) -> Leaderboard:
+    """The leaderboard of a list of run records; ``root`` is the folder their
+    ``predictions_file`` paths are relative to (the runs.jsonl folder). Pure: same
+    records and sidecars, same tables (the bootstrap is seeded)."""
+    runs = list(runs)
     df = long_frame(runs)
-    sections = []
+    failed = failed_frame(runs)
     if df.empty:
-        return Leaderboard(df, sections)
-    for keys, group in df.groupby(["task", "dataset", "model", "mode"], sort=True):
-        task, dataset, model, mode = keys
+        return Leaderboard(df, [], failed=failed)
+    cells, buckets, notes = cell_frames(df, root, n_boot, seed, alpha)
+    method = stats.METHOD.format(n_boot=n_boot, alpha=alpha) if cells["ci_lo"].notna().any() else ""
+    sections: list[Section] = []
+    for (title, gid), group in cells.groupby(["group", "group_id"], sort=False):
         main = group["main_metric"].iloc[0]
-        label = group["data_label"].iloc[0]
-        prefix = f"{task} · {dataset}{' (' + label + ')' if label else ''} · {model} · {mode}"
-        n_seeds = group["seed"].nunique()
-        for column, (heading, fmt) in COLUMNS.items():
-            if group[column].isna().all():
+        fmt = COLUMNS["metric"][1]
+        seeds = group["n_seeds"].max()
+        seed_text = f"mean over {seeds} seeds" if seeds > 1 else "1 seed"
+        has_ci = group["ci_lo"].notna().any()
+        if has_ci:
+            note = (f"Cells: {main}, {seed_text}, [95% BCa bootstrap CI over test examples]. "
+                    f"{NOT_SIGNIFICANT}: difference from {REFERENCE} at the same budget not significant at {alpha} "
+                    f"(paired bootstrap).")
+            sections.append(Section(f"{title} — {main} ({seed_text}, 95% CI)",
+                                    pivot_cells(group, lambda r: render_metric(r, fmt)), note, gid, "metric"))
+            if group["p_vs_head"].notna().any():
+                sections.append(Section(f"{title} — {main} minus {REFERENCE} (paired bootstrap: Δ [95% CI], p)",
+                                        pivot_cells(group[group["strategy"] != REFERENCE],
+                                                    lambda r: render_diff(r, fmt)), "", gid, "diff"))
+        else:
+            stat = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
+            sections.append(Section(f"{title} — {main} ({stat})", pivot_cells(group, lambda r: render_metric(r, fmt)),
+                                    "", gid, "metric"))
+        gb = buckets[buckets["group_id"] == gid] if not buckets.empty else buckets
+        if not gb.empty:
+            sections.append(Section(f"{title} — {main} by document length in tokens "
+                                    f"(≤b, b–2b, 2b–4b, >4b; {seed_text}; n = test documents)",
+                                    bucket_table(gb, fmt), "", gid, "buckets"))
+        runs_g = df[df["sample"].eq(group["sample"].iloc[0]) & df["task"].eq(group["task"].iloc[0])
+                    & df["dataset"].eq(group["dataset"].iloc[0]) & df["model"].eq(group["model"].iloc[0])
+                    & df["mode"].eq(group["mode"].iloc[0]) & df["data_label"].eq(group["data_label"].iloc[0])]
+        stat = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
+        for column, (heading, cfmt) in COLUMNS.items():
+            if column == "metric" or runs_g[column].isna().all():
                 continue
-            heading = heading.format(main=main)
-            stat = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "1 seed"
-            sections.append((f"{prefix} — {heading} ({stat})", pivot(group, column, fmt)))
-    return Leaderboard(df, sections)
+            sections.append(Section(f"{title} — {heading} ({stat})", pivot(runs_g, column, cfmt), "", gid, column))
+    for n in notes:
+        warnings.warn(n, stacklevel=2)
+    return Leaderboard(df, sections, cells, buckets, failed, notes, method)
 
 
 def write_leaderboard(runs_path: str | Path, out_dir: str | Path | None = None) -> Leaderboard:
@@ -106,8 +461,9 @@ def write_leaderboard(runs_path: str | Path, out_dir: str | Path | None = None) 
 
     runs_path = Path(runs_path)
     out_dir = Path(out_dir or runs_path.parent)
-    board = leaderboard(read_jsonl(runs_path))
+    board = leaderboard(read_jsonl(runs_path), root=runs_path.parent)
     header = f"# Leaderboard: {out_dir.name}\n\nGenerated by `ctxbench table` from `{runs_path.name}`; do not edit.\n\n"
     atomic_write_text(out_dir / "leaderboard.md", header + board.markdown())
     atomic_write_text(out_dir / "leaderboard.csv", board.csv())
+    atomic_write_text(out_dir / "leaderboard_buckets.csv", board.buckets_csv())
     return board

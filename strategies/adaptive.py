@@ -25,10 +25,11 @@ class Adaptive:
     Sliding step = ``max(round(step_share * b), ceil((n - b) / (k_max - 1)))``:
     the usual step (half the budget by default) unless that would need more than
     ``k_max`` windows (the cost cap); then the smallest step that fits ``k_max``,
-    which covers as much as ``k_max`` windows can. When that step exceeds ``b``
-    the windows leave gaps (rule ``sliding_gaps``; :meth:`rule` tells the task so
-    it can count such documents). Windows start at 0 and the last ends at ``n``
-    (``strategies.base.positions``).
+    which still covers every token while ``step <= b``. Windows start at 0 and the
+    last ends at ``n`` (``strategies.base.positions``). When even ``k_max``
+    windows cannot cover the document (rule ``sliding_gaps``) exactly ``k_max``
+    windows are spread evenly from 0 to ``n - b``, leaving gaps; :meth:`rule`
+    tells the task so it can count such documents.
     """
 
     k_max: int = 4
@@ -69,5 +70,8 @@ class Adaptive:
             return [((0, n),)]
         if rule == "head_tail":
             return HeadTail(self.head_share).windows(n, budget)
-        starts = positions(n, budget, self.step(n, budget))  # count = ceil((n - b) / step) + 1 <= k_max
+        if rule == "sliding":
+            starts = positions(n, budget, self.step(n, budget))  # count = ceil((n - b) / step) + 1 <= k_max
+        else:  # k_max windows, first at 0, last at n - b, evenly spread (distinct: (n - b) / (k_max - 1) > b)
+            starts = [round(i * (n - budget) / (self.k_max - 1)) for i in range(self.k_max)]
         return [((s, s + budget),) for s in starts]

