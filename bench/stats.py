@@ -24,9 +24,10 @@ named like the metric, or tp/fp/fn counts).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -200,29 +201,48 @@ def seed_mean_point(stat: Statistic, features: np.ndarray) -> float:
     return float(np.mean(stat.finish(features.sum(1))))  # (S, k) -> (S,) -> ()
 
 
-def bootstrap(stat: Statistic, cells: Mapping[Hashable, np.ndarray], n_boot: int = N_BOOT,
+Cell = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+def bootstrap(stat: Statistic, cells: Mapping[Hashable, Cell], n_boot: int = N_BOOT,
               seed: int = 0) -> dict[Hashable, np.ndarray]:
     """Seed-mean bootstrap distributions, (n_boot,) per cell, under *shared* resamples.
 
-    Every cell is an array (seeds, n, k) over the same n examples in the same order;
-    sharing the resamples pairs the cells, so differences of two distributions are a
-    paired bootstrap of the difference.
+    Every cell is an array (seeds, n, k) over the same n examples in the same order, or
+    ``(features (seeds, m, k), idx (m,))`` for a subset of them (a length bucket: only
+    its examples are multiplied, so a breakdown costs one full pass, not one per bucket).
+    Sharing the resamples pairs the cells, so differences of two distributions are a
+    paired bootstrap of the difference. Cells over the same examples are stacked into
+    one matrix product per chunk of resamples.
     """
-    ns = {f.shape[1] for f in cells.values()}
-    if len(ns) > 1:
-        raise ValueError(f"cells disagree on the number of examples: {sorted(ns)}")
-    out: dict[Hashable, list[np.ndarray]] = {key: [] for key in cells}
     if not cells:
         return {}
-    n = ns.pop()
+    full = {f.shape[1] for f in cells.values() if not isinstance(f, tuple)}
+    if len(full) > 1:
+        raise ValueError(f"cells disagree on the number of examples: {sorted(full)}")
+    n = full.pop() if full else 1 + max((int(c[1].max()) for c in cells.values() if len(c[1])), default=-1)
     if n == 0:
         return {key: np.full(n_boot, np.nan) for key in cells}
+    # stack cells that share their examples: (m, sum of S*k) and where each cell's columns are
+    stacks: dict[bytes | None, tuple[np.ndarray | None, list[tuple[Hashable, int, int, int]], list[np.ndarray]]] = {}
+    for key, cell in cells.items():
+        f, idx = cell if isinstance(cell, tuple) else (cell, None)
+        tag = None if idx is None else np.asarray(idx, dtype=np.int64).tobytes()
+        sel, layout, blocks = stacks.setdefault(tag, (idx, [], []))
+        s_, m, k = f.shape
+        start = sum(b.shape[1] for b in blocks)
+        blocks.append(f.transpose(1, 0, 2).reshape(m, s_ * k))  # (S, m, k) -> (m, S*k)
+        layout.append((key, start, s_, k))
+    mats = {tag: (sel, layout, np.concatenate(blocks, axis=1)) for tag, (sel, layout, blocks) in stacks.items()}
+    out: dict[Hashable, list[np.ndarray]] = {key: [] for key in cells}
     rng = np.random.default_rng(seed)
     for size in _chunks(n, n_boot):
         w = resample_counts(n, size, rng)  # (b, n)
-        for key, f in cells.items():
-            sums = w @ f  # (b, n) @ (S, n, k) -> (S, b, k)
-            out[key].append(np.mean(stat.finish(sums), axis=0))  # (S, b) -> (b,)
+        for sel, layout, mat in mats.values():
+            sums = (w if sel is None else w[:, sel]) @ mat  # (b, m) @ (m, sum S*k) -> (b, sum S*k)
+            for key, start, s_, k in layout:
+                t = sums[:, start:start + s_ * k].reshape(size, s_, k)  # (b, S, k)
+                out[key].append(np.mean(stat.finish(t), axis=1))  # (b, S) -> (b,)
     return {key: np.concatenate(parts) for key, parts in out.items()}
 
 
@@ -231,11 +251,6 @@ def jackknife(stat: Statistic, features: np.ndarray) -> np.ndarray:
     Cheap here: leaving example i out is subtracting its features from the sums."""
     total = features.sum(1)  # (S, k)
     return np.mean(stat.finish(total[:, None, :] - features), axis=0)  # (S, n, k) -> (S, n) -> (n,)
-
-
-def active(features: np.ndarray) -> np.ndarray:
-    """Examples that contribute to the statistic (a length-bucket cell zeroes the others), (n,) bool."""
-    return np.any(features != 0, axis=(0, 2))
 
 
 @dataclass(frozen=True)
@@ -399,7 +414,7 @@ def approximate_randomization(a: np.ndarray | Sequence[float], b: np.ndarray | S
     return randomization_test(scores_statistic(), _score_features(a), _score_features(b), n_perm, seed)
 
 
-__all__ = ["ALPHA", "Comparison", "Interval", "METHOD", "N_BOOT", "Statistic", "active", "approximate_randomization",
-           "bca_interval", "bootstrap", "bootstrap_ci", "bca_p_value", "compare", "jackknife", "macro_f1",
-           "mean_of", "micro_f1", "paired_bootstrap", "percentile_interval", "randomization_test",
-           "register_statistic", "resample_counts", "seed_mean_point", "statistic_for"]
+__all__ = ["ALPHA", "METHOD", "N_BOOT", "Comparison", "Interval", "Statistic", "approximate_randomization",
+           "bca_interval", "bca_p_value", "bootstrap", "bootstrap_ci", "compare", "jackknife", "macro_f1", "mean_of",
+           "micro_f1", "paired_bootstrap", "percentile_interval", "randomization_test", "register_statistic",
+           "resample_counts", "seed_mean_point", "statistic_for"]

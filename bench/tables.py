@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -187,19 +188,21 @@ def _budget_stats(task: str, main: str, sub: pd.DataFrame, root: str | Path | No
     budget = int(sub["budget"].iloc[0])
     labels = [r.get("bucket") or (length_bucket(int(r["n_tokens"]), budget) if "n_tokens" in r else None)
               for r in rows0]
-    masks = {b: np.array([x == b for x in labels]) for b in _bucket_order(labels)}
+    members = {b: np.flatnonzero([x == b for x in labels]) for b in _bucket_order(labels)}
+    subsets: dict[tuple[str, str | None], Any] = dict(cells)
     for s in usable:
-        for b, mask in masks.items():
-            cells[(s, b)] = cells[(s, None)] * mask[None, :, None]
-    dists = stats.bootstrap(stat, cells, n_boot, seed)
-    points = {key: stats.seed_mean_point(stat, f) for key, f in cells.items()}
-    jacks = {key: stats.jackknife(stat, f) for key, f in cells.items()}
+        for b, idx in members.items():
+            subsets[(s, b)] = (cells[(s, None)][:, idx], idx)  # (S, m, k), (m,)
+    dists = stats.bootstrap(stat, subsets, n_boot, seed)
+    feats = {key: c[0] if isinstance(c, tuple) else c for key, c in subsets.items()}
+    points = {key: stats.seed_mean_point(stat, f) for key, f in feats.items()}
+    jacks = {key: stats.jackknife(stat, f) for key, f in feats.items()}
     out.n_examples = len(order)
     for s in usable:
         out.ci[s] = stats.bca_interval(points[(s, None)], dists[(s, None)], jacks[(s, None)], alpha)
-        for b, mask in masks.items():
-            iv = stats.bca_interval(points[(s, b)], dists[(s, b)], jacks[(s, b)][mask], alpha)
-            out.buckets[(s, b)] = (int(mask.sum()), iv)
+        for b, idx in members.items():
+            iv = stats.bca_interval(points[(s, b)], dists[(s, b)], jacks[(s, b)], alpha)
+            out.buckets[(s, b)] = (len(idx), iv)
     if REFERENCE in usable:
         for s in usable:
             if s != REFERENCE:
@@ -365,12 +368,26 @@ def bucket_table(buckets: pd.DataFrame, fmt: str = "{:.3f}") -> pd.DataFrame:
     return table.rename(columns={"bucket": "length"})
 
 
-class Section(NamedTuple):
-    title: str
-    table: pd.DataFrame
-    note: str = ""
-    group_id: str = ""
-    kind: str = ""
+class Section(tuple):
+    """``(title, table)``: still a 2-tuple, so callers may unpack it or ``dict()`` the
+    sections, with the note printed under the table and what the report needs to place it."""
+
+    note: str
+    group_id: str
+    kind: str
+
+    def __new__(cls, title: str, table: pd.DataFrame, note: str = "", group_id: str = "", kind: str = ""):
+        self = super().__new__(cls, (title, table))
+        self.note, self.group_id, self.kind = note, group_id, kind
+        return self
+
+    @property
+    def title(self) -> str:
+        return self[0]
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return self[1]
 
 
 @dataclass
@@ -428,15 +445,15 @@ def leaderboard(runs: Iterable[dict[str, Any]], root: str | Path | None = None, 
                     f"{NOT_SIGNIFICANT}: difference from {REFERENCE} at the same budget not significant at {alpha} "
                     f"(paired bootstrap).")
             sections.append(Section(f"{title} — {main} ({seed_text}, 95% CI)",
-                                    pivot_cells(group, lambda r: render_metric(r, fmt)), note, gid, "metric"))
+                                    pivot_cells(group, lambda r, f=fmt: render_metric(r, f)), note, gid,
+                                    "metric"))
             if group["p_vs_head"].notna().any():
                 sections.append(Section(f"{title} — {main} minus {REFERENCE} (paired bootstrap: Δ [95% CI], p)",
                                         pivot_cells(group[group["strategy"] != REFERENCE],
-                                                    lambda r: render_diff(r, fmt)), "", gid, "diff"))
+                                                    lambda r, f=fmt: render_diff(r, f)), "", gid, "diff"))
         else:
             stat = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
-            sections.append(Section(f"{title} — {main} ({stat})", pivot_cells(group, lambda r: render_metric(r, fmt)),
-                                    "", gid, "metric"))
+            sections.append(Section(f"{title} — {main} ({stat})", pivot_cells(group, lambda r, f=fmt: render_metric(r, f)), "", gid, "metric"))
         gb = buckets[buckets["group_id"] == gid] if not buckets.empty else buckets
         if not gb.empty:
             sections.append(Section(f"{title} — {main} by document length in tokens "

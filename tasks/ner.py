@@ -1,0 +1,719 @@
+"""Named-entity recognition on long documents: token classification with window stitching.
+
+Documents are word sequences with one BIO tag per word (``tasks.ner_data``). A fast
+tokenizer aligns words to sub-tokens (``align``: every word owns >= 1 sub-token);
+strategies cut windows on the *sub-token* sequence, exactly as for classification,
+and this adapter folds the window outputs back onto words:
+
+- every window is one model input (the tokenizer's own special tokens around it);
+  training labels sit on each word's first sub-token (-100 elsewhere and on special
+  tokens), so a window that holds only a word's continuation pieces trains nothing
+  for that word;
+- window logits (special tokens stripped) are stitched per document
+  (``tasks.stitch``) and each word takes its first sub-token's label;
+- words whose first sub-token is in no window (head, tail, head_tail, capped
+  sliding/hierarchical) get no prediction: they are scored as ``O`` (a missed
+  entity counts as a false negative) and the run records the share of gold
+  entities no window saw (``entities_unseen``).
+
+Strategy mapping (same strategy classes as classification; nothing rewritten here):
+
+=================  ==============================================================
+``head`` / ``tail`` one window; words outside it -> ``O`` (counted)
+``head_tail``       one window of two spans joined; the middle -> ``O`` (counted)
+``sliding``         overlapping windows; ``pool=max`` -> **max-context** stitching
+                    (each token from the window where min(left, right) context is
+                    largest), ``pool=mean`` -> the **mean of its logits** over every
+                    window holding it. ``pool=vote`` and ``pool_over=embeddings``
+                    are refused. ``window``/``step`` as in the strategy
+                    (``overlap = window - step``).
+``hierarchical``    chunks of one document are one example: each chunk's vector
+                    (``pooler``: mean or [CLS]) is aggregated over the document by the
+                    strategy's ``pool`` (mean, max, attention, transformer) into a
+                    document context vector, concatenated to every token's hidden
+                    state before the linear token classifier (FLERT-like document
+                    context). Overlapping chunks are stitched by max context.
+=================  ==============================================================
+
+Modes: ``finetune`` (``train.finetune`` full or lora) trains encoder + token head end
+to end; ``probe`` freezes the encoder, caches window hidden states and trains the
+token head alone.
+
+Metrics (seqeval, strict IOB2): entity micro ``f1`` (main), ``precision``,
+``recall``, per-type F1 (``type[X].f1``), word-level ``token_accuracy``,
+``entities_unseen``, all per length bucket of sub-tokens vs budget.
+
+Bad input: tag/word count mismatch and tags outside the label set raise (data bugs);
+zero-word documents follow ``empty_docs`` (keep: no model input, no entities,
+counted as ``empty_docs_<split>``; error: refused); words with zero sub-tokens become
+one unk token (counted as ``words_without_subtokens``).
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from bench.model import (
+    AttentionPool, Loaded, TransformerAgg, build_input, length_batches, linear_warmup, load_encoder, masked_reduce,
+    n_params, pack, pad_batch, pool_hidden, seed_everything, sync, template, usable_budget,
+)
+from bench.store import content_hash
+from strategies import ConfigError, Window, needs, window_len
+
+from .base import LENGTH_BUCKETS, CellResult, Context, length_bucket, register_task
+from .ner_data import (
+    IGNORE, NerDoc, align, first_subtoken_labels, is_silver, label_set, load_hub, load_news_silver, load_wnut,
+    silver_label_set, split_docs, subtoken_to_word, validate,
+)
+from .stitch import stitch
+
+SPLITS = ("train", "val", "test")
+WNUT_NAMES = ("wnut16", "wnut")
+SLIDING_STITCH = {"max": "max_context", "mean": "mean"}  # sliding's ``pool`` -> tasks.stitch method
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class NerData:
+    key: str
+    labels: list[str]
+    docs: dict[str, list[NerDoc]]
+    ids: dict[str, list[list[int]]]  # sub-token ids, no special tokens
+    word_ids: dict[str, list[list[int]]]  # word index of every sub-token
+    tags: dict[str, list[list[int]]]  # label index of every word
+    counts: dict[str, int]
+
+    @property
+    def outside(self) -> int:
+        return self.labels.index("O")
+
+
+def load_source(name: str) -> tuple[dict[str, list[NerDoc]], list[str]]:
+    """(train/val/test docs, label names): packaged WNUT-16 and news_silver, or a hub id."""
+    if name in WNUT_NAMES:
+        docs = load_wnut()
+        tr, va, te = split_docs(docs)
+        return {"train": tr, "val": va, "test": te}, label_set(docs)
+    if name == "news_silver":
+        tr, va, te = split_docs(load_news_silver())
+        return {"train": tr, "val": va, "test": te}, silver_label_set()
+    return load_hub(name)
+
+
+def sample_docs(docs: list[NerDoc], limit: int | None, seed: int) -> list[NerDoc]:
+    """A fixed sample (same seed, same documents), kept in source order."""
+    if limit is None or limit >= len(docs):
+        return list(docs)
+    return [docs[i] for i in sorted(random.Random(seed).sample(range(len(docs)), limit))]
+
+
+def prepare_data(spec, tokenizer) -> NerData:
+    """Load, sample, validate (bad input raises or is counted) and align once."""
+    splits, labels = load_source(spec.dataset)
+    if "O" not in labels:
+        raise ConfigError(f"NER dataset {spec.dataset!r}: label set has no 'O' tag ({labels[:8]} ...)")
+    parts = {s: sample_docs(splits[s], getattr(spec.limits, s), spec.data_seed) for s in SPLITS}
+    index = {t: i for i, t in enumerate(labels)}
+    counts: dict[str, int] = {}
+    out = NerData("", labels, parts, {}, {}, {}, counts)
+    for s in SPLITS:
+        c = validate(parts[s], labels, policy=spec.empty_docs)
+        counts[f"docs_{s}"] = c["docs"]
+        counts[f"empty_docs_{s}"] = c["empty_docs"]
+        counts[f"entities_{s}"] = c["entities"]
+        counts[f"orphan_inside_{s}"] = c["orphan_inside"]
+        aligned = [align(tokenizer, d.words) for d in parts[s]]
+        out.ids[s] = [a.ids for a in aligned]
+        out.word_ids[s] = [a.word_ids for a in aligned]
+        out.tags[s] = [[index[t] for t in d.tags] for d in parts[s]]
+        counts[f"words_without_subtokens_{s}"] = sum(a.n_empty for a in aligned)
+    counts["words_without_subtokens"] = sum(counts[f"words_without_subtokens_{s}"] for s in SPLITS)
+    out.key = content_hash(spec.dataset, spec.data_seed, spec.limits, labels,
+                           [[d.id for d in parts[s]] for s in SPLITS])
+    return out
+
+
+# ---------------------------------------------------------------- strategies for NER
+
+
+def stitch_method(strategy) -> str:
+    """How overlapping windows are folded for a strategy (see the module docstring)."""
+    if strategy.name == "sliding":
+        if getattr(strategy, "pool_over", "logits") != "logits":
+            raise ConfigError("ner: sliding pool_over=embeddings has no token-level meaning; use pool_over=logits")
+        if strategy.pool not in SLIDING_STITCH:
+            raise ConfigError(f"ner: sliding pool must be 'max' (max-context stitching) or 'mean' (mean of logits); "
+                              f"got {strategy.pool!r}")
+        return SLIDING_STITCH[strategy.pool]
+    return "max_context"
+
+
+def check_strategy(strategy) -> None:
+    if needs(strategy):
+        raise ConfigError(f"ner: strategy {strategy.name!r} needs {needs(strategy)}, which the NER adapter does not "
+                          f"supply; use head, tail, head_tail, sliding or hierarchical")
+    stitch_method(strategy)
+
+
+def doc_windows(strategy, ids: list[list[int]], budget: int) -> list[list[Window]]:
+    """Strategy windows per document; an empty document gets none (no model input)."""
+    out = []
+    for x in ids:
+        ws = strategy.windows(len(x), budget) if x else []
+        out.append([w for w in ws if window_len(w) > 0])
+    return out
+
+
+def window_positions(window: Window) -> list[int]:
+    return [p for s, e in window for p in range(s, e)]
+
+
+# ---------------------------------------------------------------- model
+
+
+class TokenHead(nn.Module):
+    """Linear token classifier; with ``doc_context`` every token's hidden state is
+    concatenated with its document's context vector (its chunk vectors aggregated),
+    so each token sees document-level context, as in FLERT."""
+
+    def __init__(self, d: int, n_labels: int, doc_context: str | None = None, pooler: str = "mean",
+                 dropout: float = 0.1, layers: int = 1):
+        super().__init__()
+        self.doc_context, self.pooler, self.d = doc_context, pooler, d
+        self.agg: nn.Module | None = None
+        if doc_context == "attention":
+            self.agg = AttentionPool(d)
+        elif doc_context == "transformer":
+            self.agg = TransformerAgg(d, layers, dropout=dropout)
+        elif doc_context not in (None, "mean", "max"):
+            raise ConfigError(f"unknown document-context aggregator {doc_context!r}")
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(2 * d if doc_context else d, n_labels)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+        # hidden (W, L, d), mask (W, L); sizes: windows per document (sum = W) -> logits (W, L, C)
+        if self.doc_context is not None:
+            vec = pool_hidden(hidden, mask, self.pooler)  # (W, d)
+            x, m = pack(list(torch.split(vec, list(sizes))), self.d)  # (B, K, d), (B, K)
+            x, m = x.to(hidden.device), m.to(hidden.device)
+            doc = self.agg(x, m) if self.agg is not None else masked_reduce(x, m, self.doc_context)  # (B, d)
+            owner = torch.repeat_interleave(torch.arange(len(sizes), device=hidden.device),
+                                            torch.as_tensor(list(sizes), device=hidden.device))  # (W,)
+            ctx = doc[owner].unsqueeze(1).expand(-1, hidden.shape[1], -1)  # (W, L, d)
+            hidden = torch.cat([hidden, ctx], dim=-1)  # (W, L, 2d)
+        return self.out(self.drop(hidden))
+
+
+class TokenModel(nn.Module):
+    """Encoder + token head (finetune), or the head over cached hidden states (probe).
+
+    An example is a list of window items (token ids, or a cached (L, d) tensor): one
+    window for window-level strategies, all chunks of a document for hierarchical.
+    """
+
+    def __init__(self, head: TokenHead, encoder: nn.Module | None, pad_id: int, device: torch.device):
+        super().__init__()
+        self.head, self.encoder, self.pad_id, self.device = head, encoder, pad_id, device
+
+    def hidden(self, items: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.encoder is None:  # probe: cached (L_i, d) tensors
+            width = max(x.shape[0] for x in items)
+            h = torch.zeros((len(items), width, self.head.d))
+            mask = torch.zeros((len(items), width), dtype=torch.long)
+            for i, x in enumerate(items):
+                h[i, : x.shape[0]] = x
+                mask[i, : x.shape[0]] = 1
+            return h.to(self.device), mask.to(self.device)
+        ids, mask = pad_batch(items, self.pad_id)  # (W, L)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        else:
+            h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return h.float(), mask  # (W, L, d), (W, L)
+
+    def forward(self, examples: Sequence[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = [x for ex in examples for x in ex]
+        h, mask = self.hidden(flat)
+        return self.head(h, mask, [len(ex) for ex in examples]), mask  # (W, L, C), (W, L)
+
+
+def item_len(x) -> int:
+    return int(x.shape[0]) if isinstance(x, torch.Tensor) else len(x)
+
+
+def window_batches(sizes: Sequence[int], windows: Sequence[int], max_windows: int,
+                   order: Sequence[int] | None = None) -> list[list[int]]:
+    """Examples cut into batches of at most ``max_windows`` windows (an example larger than
+    that is a batch of its own); longest first unless an ``order`` is given (training)."""
+    order = list(order) if order is not None else sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    batches, cur, n = [], [], 0
+    for i in order:
+        if cur and n + windows[i] > max_windows:
+            batches.append(cur)
+            cur, n = [], 0
+        cur.append(i)
+        n += windows[i]
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+@torch.inference_mode()
+def predict(model: TokenModel, examples: Sequence[Sequence], batch_size: int, device: torch.device,
+            desc: str | None = None) -> tuple[list[list[torch.Tensor]], list[float], int]:
+    """Per example, per window, logits (L_i, C) over the window's full input (special tokens
+    included); each example's token share of its batch's wall time; padded tokens seen."""
+    model.eval()
+    sizes = [sum(item_len(x) for x in ex) for ex in examples]
+    out: list[list[torch.Tensor]] = [[] for _ in examples]
+    seconds = [0.0] * len(examples)
+    padded = 0
+    batches = window_batches(sizes, [len(ex) for ex in examples], batch_size)
+    for batch in tqdm(batches, desc=desc, disable=desc is None, leave=False):
+        sync(device)
+        t0 = time.perf_counter()
+        logits, mask = model([examples[i] for i in batch])
+        logits = logits.float().cpu()
+        sync(device)
+        dt = time.perf_counter() - t0
+        padded += int(mask.numel())
+        total = max(1, sum(sizes[i] for i in batch))
+        row = 0
+        for i in batch:
+            for x in examples[i]:
+                out[i].append(logits[row, : item_len(x)])
+                row += 1
+            seconds[i] = dt * sizes[i] / total
+    return out, seconds, padded
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def entity_set(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    """Strict IOB2 entities (type, start, end) of one sequence, as seqeval strict mode builds them."""
+    from seqeval.scheme import IOB2, Entities
+
+    if not tags:
+        return set()
+    return {(e.tag, e.start, e.end) for e in Entities([list(tags)], IOB2).entities[0]}
+
+
+def doc_counts(gold: Sequence[str], pred: Sequence[str]) -> tuple[int, int, int]:
+    g, p = entity_set(gold), entity_set(pred)
+    tp = len(g & p)
+    return tp, len(p) - tp, len(g) - tp
+
+
+def micro_f1(counts: Sequence[tuple[int, int, int]]) -> float:
+    tp, fp, fn = (sum(c[k] for c in counts) for k in range(3))
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def seqeval_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
+    """Entity-level strict IOB2 micro precision/recall/F1 and per-type F1 (seqeval)."""
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+
+    keep = [i for i, g in enumerate(gold) if g]
+    gold, pred = [gold[i] for i in keep], [pred[i] for i in keep]
+    if not gold:
+        return {"f1": 0.0, "precision": 0.0, "recall": 0.0}
+    rep = classification_report(gold, pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+    micro = rep["micro avg"]
+    out = {"f1": float(micro["f1-score"]), "precision": float(micro["precision"]), "recall": float(micro["recall"]),
+           "entities_gold": int(micro["support"])}
+    for k, v in rep.items():
+        if not k.endswith(" avg"):
+            out[f"type[{k}].f1"] = float(v["f1-score"])
+            out[f"type[{k}].n"] = int(v["support"])
+    return out
+
+
+# ---------------------------------------------------------------- folding
+
+
+def fold_document(n_tokens: int, word_ids: list[int], n_words: int, windows: list[Window],
+                  window_logits: list[torch.Tensor], method: str, n_labels: int, outside: int,
+                  prefix: int) -> tuple[list[int], list[bool]]:
+    """Window logits (full inputs, special tokens included) -> one label index per word and
+    whether each word was seen (its first sub-token in some window)."""
+    rows = [lg[prefix: prefix + window_len(w)] for w, lg in zip(windows, window_logits)]  # strip special tokens
+    logits, seen = stitch(n_tokens, windows, rows, method=method, n_labels=n_labels)  # (n, C), (n,)
+    preds = logits.argmax(1).tolist()
+    words = subtoken_to_word(word_ids, preds, n_words, missing=outside, seen=seen.tolist())
+    seen_words = subtoken_to_word(word_ids, [True] * n_tokens, n_words, missing=False, seen=seen.tolist())
+    return words, seen_words
+
+
+# ---------------------------------------------------------------- training
+
+
+def fit(model: TokenModel, examples: Sequence[Sequence], labels: Sequence[Sequence[Sequence[int]]],
+        evaluate: Callable[[TokenModel], float], spec, device: torch.device, progress: bool) -> dict[str, Any]:
+    """AdamW with linear warm-up, token cross-entropy on first sub-tokens, early stopping
+    on validation entity F1; the best epoch's weights are restored."""
+    cfg = spec.train
+    if cfg.optimizer != "adamw":
+        raise ConfigError(f"ner: train.optimizer must be adamw (got {cfg.optimizer!r})")
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(spec.seed)
+    n_windows = [len(ex) for ex in examples]
+    sizes = [sum(item_len(x) for x in ex) for ex in examples]
+    steps_per_epoch = max(1, -(-len(window_batches(sizes, n_windows, cfg.batch_size)) // cfg.grad_accum))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = linear_warmup(opt, int(cfg.warmup_ratio * cfg.epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
+    best, best_state, bad, epochs_run = -1.0, None, 0, 0
+    t_train, n_seen, tok_seen = 0.0, 0, 0
+    for epoch in tqdm(range(cfg.epochs), desc="train", disable=not progress, leave=False):
+        model.train()
+        sync(device)
+        t0 = time.perf_counter()
+        order = torch.randperm(len(examples), generator=gen).tolist()
+        batches = window_batches(sizes, n_windows, cfg.batch_size, order)
+        opt.zero_grad()
+        for step, batch in enumerate(batches):
+            logits, _ = model([examples[i] for i in batch])  # (W, L, C)
+            y = torch.full(logits.shape[:2], IGNORE, dtype=torch.long)
+            row = 0
+            for i in batch:
+                for lab in labels[i]:
+                    y[row, : len(lab)] = torch.as_tensor(lab, dtype=torch.long)
+                    row += 1
+            y = y.to(device)
+            n_seen += len(batch)
+            tok_seen += sum(sizes[i] for i in batch)
+            if (y != IGNORE).any():
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                       ignore_index=IGNORE) / cfg.grad_accum
+                loss.backward()
+            if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(batches):
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+        sync(device)
+        t_train += time.perf_counter() - t0
+        epochs_run = epoch + 1
+        score = evaluate(model)
+        if score > best:
+            best, bad = score, 0
+            best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"epochs_run": epochs_run, "best_val_f1": best, "train_seconds": t_train,
+            "train_examples_per_s": n_seen / max(t_train, 1e-9), "train_tokens_per_s": tok_seen / max(t_train, 1e-9),
+            "train_examples": len(examples), "train_windows": int(sum(n_windows))}
+
+
+# ---------------------------------------------------------------- the task
+
+
+@dataclass
+class Prepared:
+    """Everything a cell needs before training: data, windows, inputs and the model parts."""
+
+    enc: Loaded
+    data: NerData
+    budget: int
+    strategy: Any
+    windows: dict[str, list[list[Window]]]
+    method: str
+    doc_level: bool
+    prefix: int
+
+
+@register_task("ner")
+class NER:
+    version = "1"
+    main_metric = "f1"
+    higher_is_better = True
+
+    def data_label(self, spec) -> str:
+        return "silver" if is_silver(spec.dataset) else "gold"
+
+    # ------------------------------------------------------------ preparation
+
+    def prepare(self, spec, ctx: Context) -> Prepared:
+        from .clf import model_key
+
+        device = ctx.device
+        enc: Loaded = ctx.get(("encoder", spec.model, str(device)), lambda: load_encoder(spec.model, device))
+        mkey = ctx.get(("model_key", spec.model), lambda: model_key(enc))
+        data: NerData = ctx.get(("ner-data", spec.dataset, spec.data_seed, spec.limits, spec.empty_docs, mkey),
+                                lambda: prepare_data(spec, enc.tokenizer))
+        budget = usable_budget(enc.tokenizer, enc.max_positions, spec.budget)
+        strategy = spec.strategy.build()
+        check_strategy(strategy)
+        windows = {s: doc_windows(strategy, data.ids[s], budget) for s in SPLITS}
+        return Prepared(enc, data, budget, strategy, windows, stitch_method(strategy),
+                        strategy.level == "document", len(template(enc.tokenizer).prefix))
+
+    def examples(self, p: Prepared, split: str, item: Callable[[str, int, Window], Any],
+                 windows: list[list[Window]] | None = None) -> tuple[list[list], list[int]]:
+        """Model examples of a split and the document each belongs to."""
+        windows = windows if windows is not None else p.windows[split]
+        examples, owner = [], []
+        for i, ws in enumerate(windows):
+            if not ws:
+                continue
+            if p.doc_level:
+                examples.append([item(split, i, w) for w in ws])
+                owner.append(i)
+            else:
+                for w in ws:
+                    examples.append([item(split, i, w)])
+                    owner.append(i)
+        return examples, owner
+
+    def window_labels(self, p: Prepared, split: str, i: int, w: Window) -> list[int]:
+        """Labels over a window's full input: first sub-tokens labelled, the rest -100."""
+        tok = first_subtoken_labels(p.data.word_ids[split][i], p.data.tags[split][i])
+        return [IGNORE] * p.prefix + [tok[k] for k in window_positions(w)]
+
+    def fold(self, p: Prepared, split: str, logits: list[list[torch.Tensor]], owner: list[int],
+             windows: list[list[Window]] | None = None) -> tuple[list[list[int]], list[list[bool]]]:
+        """Example logits -> label indices and seen flags per word, per document."""
+        windows = windows if windows is not None else p.windows[split]
+        per_doc: list[list[torch.Tensor]] = [[] for _ in windows]
+        for lg, i in zip(logits, owner):
+            per_doc[i].extend(lg)
+        preds, seen = [], []
+        for i, ws in enumerate(windows):
+            n_words = len(p.data.docs[split][i].words)
+            if not ws:  # empty document (or no windows): nothing seen
+                preds.append([p.data.outside] * n_words)
+                seen.append([False] * n_words)
+                continue
+            w, s = fold_document(len(p.data.ids[split][i]), p.data.word_ids[split][i], n_words, ws, per_doc[i],
+                                 p.method, len(p.data.labels), p.data.outside, p.prefix)
+            preds.append(w)
+            seen.append(s)
+        return preds, seen
+
+    def tags(self, p: Prepared, preds: list[list[int]]) -> list[list[str]]:
+        return [[p.data.labels[k] for k in doc] for doc in preds]
+
+    # ------------------------------------------------------------ running
+
+    def run(self, spec, ctx: Context) -> CellResult:
+        p = self.prepare(spec, ctx)
+        seed_everything(spec.seed)
+        d = p.enc.model.config.hidden_size
+        head = TokenHead(d, len(p.data.labels), p.strategy.pool if p.doc_level else None, spec.pooler,
+                         spec.train.dropout, getattr(p.strategy, "layers", 1))
+        if spec.mode == "probe":
+            model, item, enc_seconds, extra = self._probe_model(spec, ctx, p, head)
+        else:
+            model, item = self._finetune_model(spec, ctx, p, head)
+            enc_seconds, extra = None, {}
+        train_info = self.train(spec, ctx, p, model, item)
+        ex, owner = self.examples(p, "test", item)
+        t0 = time.perf_counter()
+        logits, secs, padded = predict(model, ex, spec.batch_size, ctx.device, "predict" if ctx.progress else None)
+        preds, seen = self.fold(p, "test", logits, owner)
+        wall = time.perf_counter() - t0
+        per_doc = np.zeros(len(p.windows["test"]))
+        np.add.at(per_doc, owner, secs)
+        if enc_seconds is not None:  # probe: add the encoder time recorded when the windows were encoded
+            per_doc += enc_seconds
+            padded = extra.pop("padded_test")
+        measurements = self.measure(spec, p, per_doc, padded)
+        measurements.update(predict_wall_s=wall, trainable_params=n_params(model, trainable=True),
+                            total_params=n_params(model), **train_info, **extra)
+        del model
+        return self.result(spec, p, preds, seen, measurements)
+
+    def train(self, spec, ctx: Context, p: Prepared, model: TokenModel, item: Callable) -> dict[str, Any]:
+        cap = spec.train.max_windows_train
+        train_windows = [ws if cap is None or len(ws) <= cap else _even(ws, cap) for ws in p.windows["train"]]
+        ex_train, own_train = self.examples(p, "train", item, train_windows)
+        lab_train, _ = self.examples(p, "train", lambda s, i, w: self.window_labels(p, s, i, w), train_windows)
+        ex_val, own_val = self.examples(p, "val", item)
+        gold_val = [d.tags for d in p.data.docs["val"]]
+
+        def evaluate(m: TokenModel) -> float:
+            logits, _, _ = predict(m, ex_val, spec.batch_size, ctx.device)
+            preds, _ = self.fold(p, "val", logits, own_val)
+            return micro_f1([doc_counts(g, q) for g, q in zip(gold_val, self.tags(p, preds))])
+
+        info = fit(model, ex_train, lab_train, evaluate, spec, ctx.device, ctx.progress)
+        info["train_max_windows"] = cap
+        return info
+
+    def _finetune_model(self, spec, ctx: Context, p: Prepared, head: TokenHead) -> tuple[TokenModel, Callable]:
+        fresh = load_encoder(spec.model, ctx.device)  # a fresh copy: fine-tuning must not touch the shared encoder
+        encoder = fresh.model
+        if spec.train.finetune == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            cfg = LoraConfig(r=spec.train.lora_r, lora_alpha=spec.train.lora_alpha,
+                             lora_dropout=spec.train.lora_dropout,
+                             target_modules=list(spec.train.lora_target_modules))
+            encoder = get_peft_model(encoder, cfg)
+        model = TokenModel(head, encoder, p.enc.tokenizer.pad_token_id, ctx.device).to(ctx.device)
+        tok = p.enc.tokenizer
+
+        def item(split: str, i: int, w: Window) -> list[int]:
+            return build_input(tok, p.data.ids[split][i], w)
+
+        return model, item
+
+    def _probe_model(self, spec, ctx: Context, p: Prepared, head: TokenHead):
+        """Frozen encoder: every distinct window is encoded once per process (shared by the
+        cells of a sweep) into its (L, d) hidden states; the head trains on those."""
+        from .clf import model_key
+
+        mkey = ctx.get(("model_key", spec.model), lambda: model_key(p.enc))
+        cache: dict = ctx.memo.setdefault(("ner-hidden", p.data.key, mkey), {})
+        keys = [(s, i, w) for s in SPLITS for i, ws in enumerate(p.windows[s]) for w in ws]
+        missing = [k for k in dict.fromkeys(keys) if k not in cache]
+        t0 = time.perf_counter()
+        if missing:
+            enc = p.enc
+            inputs = [build_input(enc.tokenizer, p.data.ids[s][i], w) for s, i, w in missing]
+            lengths = [len(x) for x in inputs]
+            enc.model.eval()
+            with torch.inference_mode():
+                for batch in tqdm(length_batches(lengths, spec.batch_size), desc="encode windows",
+                                  disable=not ctx.progress, leave=False):
+                    ids, mask = pad_batch([inputs[j] for j in batch], enc.tokenizer.pad_token_id)
+                    sync(ctx.device)
+                    t1 = time.perf_counter()
+                    h = enc.model(input_ids=ids.to(ctx.device), attention_mask=mask.to(ctx.device)).last_hidden_state
+                    h = h.float().cpu()
+                    sync(ctx.device)
+                    dt = time.perf_counter() - t1
+                    real = max(1, sum(lengths[j] for j in batch))
+                    for r, j in enumerate(batch):
+                        cache[missing[j]] = (h[r, : lengths[j]].clone(), dt * lengths[j] / real, ids.shape[1])
+        encode_wall = time.perf_counter() - t0
+        model = TokenModel(head, None, p.enc.tokenizer.pad_token_id, ctx.device).to(ctx.device)
+        enc_seconds = np.array([sum(cache[("test", i, w)][1] for w in ws) for i, ws in enumerate(p.windows["test"])])
+        padded = sum(cache[("test", i, w)][2] for i, ws in enumerate(p.windows["test"]) for w in ws)
+        extra = {"encode_wall_s": encode_wall, "windows_encoded_now": len(missing), "padded_test": padded,
+                 "encoder_seconds_test": float(enc_seconds.sum()),
+                 "timing": "encoder: tokens-apportioned batch time when the window was first encoded; head: now"}
+
+        def item(split: str, i: int, w: Window) -> torch.Tensor:
+            return cache[(split, i, w)][0]
+
+        return model, item, enc_seconds, extra
+
+    # ------------------------------------------------------------ measurements and metrics
+
+    def measure(self, spec, p: Prepared, per_doc_s: np.ndarray, padded: int) -> dict[str, Any]:
+        from .clf import Classification
+
+        out = Classification().measure(spec, p.enc, p.data, p.windows, p.budget, per_doc_s, padded)
+        words = sum(len(d.words) for d in p.data.docs["test"])
+        out["words_per_s"] = words / max(float(per_doc_s.sum()), 1e-12)
+        return out
+
+    def result(self, spec, p: Prepared, preds: list[list[int]], seen: list[list[bool]],
+               measurements: dict[str, Any]) -> CellResult:
+        docs = p.data.docs["test"]
+        gold = [d.tags for d in docs]
+        pred = self.tags(p, preds)
+        metrics = seqeval_scores(gold, pred)
+        n_words = sum(len(g) for g in gold)
+        metrics["token_accuracy"] = (sum(a == b for g, q in zip(gold, pred) for a, b in zip(g, q)) / n_words
+                                     if n_words else 0.0)
+        counts = [doc_counts(g, q) for g, q in zip(gold, pred)]
+        unseen, total = [], 0
+        for g, s in zip(gold, seen):
+            ents = entity_set(g)
+            total += len(ents)
+            unseen.append(sum(1 for _, a, b in ents if not any(s[a:b])))
+        metrics["entities_unseen"] = sum(unseen) / total if total else 0.0
+        metrics["entities_unseen_n"] = int(sum(unseen))
+        metrics["words_unseen"] = 1.0 - sum(sum(s) for s in seen) / n_words if n_words else 0.0
+        n_tok = [len(x) for x in p.data.ids["test"]]
+        buckets = [length_bucket(k, p.budget) for k in n_tok]
+        for b in LENGTH_BUCKETS:
+            idx = [i for i, x in enumerate(buckets) if x == b]
+            metrics[f"bucket[{b}].n"] = len(idx)
+            if idx:
+                metrics[f"bucket[{b}].f1"] = micro_f1([counts[i] for i in idx])
+                ents = sum(len(entity_set(gold[i])) for i in idx)
+                metrics[f"bucket[{b}].entities_unseen"] = sum(unseen[i] for i in idx) / ents if ents else 0.0
+        rows = [{"i": i, "id": docs[i].id, "n_words": len(gold[i]), "n_tokens": n_tok[i], "bucket": buckets[i],
+                 "tp": counts[i][0], "fp": counts[i][1], "fn": counts[i][2], "unseen_entities": unseen[i],
+                 "words_unseen": int(len(seen[i]) - sum(seen[i])), "pred": pred[i],
+                 "spans": [list(map(list, w)) for w in p.windows["test"][i]]} for i in range(len(docs))]
+        info = {"budget": p.budget, "attn_implementation": p.enc.attn_implementation, "dtype": p.enc.dtype,
+                "labels": len(p.data.labels), "stitch": p.method, "doc_context": p.doc_level,
+                "scoring": "seqeval strict IOB2 entity micro; unseen words scored as O", **p.data.counts}
+        return CellResult(metrics, measurements, rows, info)
+
+
+def _even(ws: list, k: int) -> list:
+    from strategies.sliding import cap
+
+    idx = cap(list(range(len(ws))), k, "even")
+    return [ws[i] for i in idx]
+
+
+# ---------------------------------------------------------------- export (peer parity)
+
+
+def export_token_classifier(model: TokenModel, labels: list[str], tokenizer, path: str | Path,
+                            max_length: int | None = None) -> str:
+    """Save a window-level fine-tuned model as ``AutoModelForTokenClassification`` (+ tokenizer),
+    so ``pipeline("token-classification")`` loads the very same weights."""
+    from transformers import AutoModelForTokenClassification
+
+    if model.encoder is None or model.head.doc_context is not None:
+        raise ConfigError("only a window-level fine-tuned model (encoder + linear head) can be exported")
+    encoder = model.encoder
+    if hasattr(encoder, "merge_and_unload"):  # LoRA
+        encoder = encoder.merge_and_unload()
+    config = copy.deepcopy(encoder.config)
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {t: i for i, t in enumerate(labels)}
+    hf = AutoModelForTokenClassification.from_config(config)
+    missing, unexpected = hf.base_model.load_state_dict(encoder.state_dict(), strict=False)
+    if unexpected or any("pooler" not in k for k in missing):
+        raise RuntimeError(f"encoder weights do not fit the token-classification model: missing={missing} "
+                           f"unexpected={unexpected}")
+    cls = getattr(hf, "classifier", None)
+    if not isinstance(cls, nn.Linear):
+        raise ConfigError(f"{type(hf).__name__} has no linear 'classifier' to hold the token head")
+    cls.load_state_dict(model.head.out.state_dict())
+    hf.save_pretrained(path)
+    tok = copy.deepcopy(tokenizer)
+    if max_length is not None:
+        tok.model_max_length = max_length
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def from_token_classifier(hf: nn.Module, device: torch.device, pad_id: int) -> TokenModel:
+    """Wrap a loaded ``AutoModelForTokenClassification`` as a TokenModel (same weights)."""
+    d = hf.config.hidden_size
+    head = TokenHead(d, hf.config.num_labels)
+    head.out = hf.classifier
+    return TokenModel(head, hf.base_model, pad_id, device).eval()
+
+
+__all__ = ["NER", "NerData", "TokenHead", "TokenModel", "doc_counts", "entity_set", "export_token_classifier",
+           "fold_document", "from_token_classifier", "micro_f1", "prepare_data", "seqeval_scores", "stitch_method"]
