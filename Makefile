@@ -37,9 +37,13 @@ bench: $(STAMP)
 table: $(STAMP)
 	$(OFFLINE) $(BIN)/ctxbench table $(TASK)
 
+# The static HTML leaderboard (results/index.html), built from the JSONL alone.
+report: $(STAMP)
+	$(OFFLINE) $(BIN)/ctxbench report
+
 lint: $(STAMP)
 	$(BIN)/python -m pip install -q ruff
-	$(BIN)/ruff check bench strategies tasks tests --line-length 120
+	$(BIN)/ruff check bench strategies tasks tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,4 +1,4 @@
-"""The ``ctxbench`` command line: bench, table, list."""
+"""The ``ctxbench`` command line: bench, table, report, list."""
 from __future__ import annotations
 
 import argparse
@@ -55,6 +55,15 @@ def _table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    if not any(Path(args.results).glob("*/runs.jsonl")):
+        raise ConfigError(f"no runs.jsonl under {args.results}/; run `ctxbench bench TASK` first")
+    print(f"wrote {build_report(args.results, args.out)}")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     import strategies
     from tasks import task_names
@@ -88,6 +97,9 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("table", help="regenerate leaderboard.md/.csv from runs.jsonl alone")
     t.add_argument("task", nargs="?")
     t.set_defaults(func=_table)
+    r = sub.add_parser("report", help="build the static HTML leaderboard site under results/ from runs.jsonl alone")
+    r.add_argument("--out", default=None, help="site folder (default: the results folder)")
+    r.set_defaults(func=_report)
     ls = sub.add_parser("list", help="list strategies, tasks, datasets, models, sweeps")
     ls.set_defaults(func=_list)
     return p

@@ -42,13 +42,19 @@ class Train:
     warmup_ratio: float = 0.1
     grad_accum: int = 1
     dropout: float = 0.1
-    # finetune mode
-    finetune: str = "full"  # full | lora
-    lora_r: int = 8
+    # finetune mode (bench/peft_modes.py)
+    finetune: str = "full"  # full | lora | adalora | prefix | ia3
+    lora_r: int = 8  # lora: the rank; adalora: the average rank it prunes to
     lora_alpha: int = 16
     lora_dropout: float = 0.1
-    lora_target_modules: tuple[str, ...] = ("query", "value")
+    lora_target_modules: tuple[str, ...] = ("query", "value")  # lora and adalora (Llama: q_proj, v_proj)
     max_windows_train: int | None = 8  # finetune: windows per document used in training
+    adalora_init_r: int = 12  # adalora: the rank every adapter starts at
+    adalora_tinit: float = 0.1  # adalora: share of optimizer steps before ranks are pruned
+    adalora_tfinal: float = 0.2  # adalora: share of optimizer steps after the final allocation
+    prefix_tokens: int = 20  # prefix: virtual tokens (they take positions on learned absolute positions)
+    ia3_target_modules: tuple[str, ...] | None = None  # ia3: None = peft's default for the architecture
+    ia3_feedforward_modules: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -314,5 +320,17 @@ def validate(sweep: Sweep) -> None:
         raise ConfigError(f"empty_docs must be 'keep' or 'error', got {sweep.empty_docs!r}")
     if sweep.train.optimizer not in ("adamw", "lbfgs"):
         raise ConfigError(f"train.optimizer must be 'adamw' or 'lbfgs', got {sweep.train.optimizer!r}")
-    if sweep.train.finetune not in ("full", "lora"):
-        raise ConfigError(f"train.finetune must be 'full' or 'lora', got {sweep.train.finetune!r}")
+    t = sweep.train
+    kinds = ("full", "lora", "adalora", "prefix", "ia3")  # bench/peft_modes.py KINDS (a test keeps them equal)
+    if t.finetune not in kinds:
+        raise ConfigError(f"train.finetune must be one of {', '.join(kinds)}, got {t.finetune!r}")
+    if t.lora_r < 1:
+        raise ConfigError(f"train.lora_r must be >= 1, got {t.lora_r}")
+    if t.finetune == "adalora" and t.adalora_init_r < t.lora_r:
+        raise ConfigError(f"train.adalora_init_r ({t.adalora_init_r}) must be >= train.lora_r ({t.lora_r}), "
+                          f"the average rank AdaLoRA prunes to")
+    if not (0 <= t.adalora_tinit and 0 <= t.adalora_tfinal and t.adalora_tinit + t.adalora_tfinal < 1):
+        raise ConfigError(f"train.adalora_tinit and train.adalora_tfinal are shares of the optimizer steps: each "
+                          f">= 0 and together < 1, got {t.adalora_tinit} and {t.adalora_tfinal}")
+    if t.prefix_tokens < 1:
+        raise ConfigError(f"train.prefix_tokens must be >= 1, got {t.prefix_tokens}")

@@ -35,7 +35,7 @@ padding:0 1rem;color:#222;line-height:1.4}
 h1,h2,h3{line-height:1.2} h2{margin-top:2.5rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
 table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem}
 th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:right;white-space:nowrap}
-th{background:#f5f5f5} tbody tr:nth-child(even){background:#fafafa}
+th{background:#f5f5f5} tbody th{text-align:left} tbody tr:nth-child(even){background:#fafafa}
 .scroll{overflow-x:auto} figure{margin:1rem 0} figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85rem;color:#555} .note{font-size:.85rem;color:#444}
 .badge{display:inline-block;padding:.1rem .5rem;border-radius:.6rem;font-size:.8rem;font-weight:600}
@@ -342,7 +342,11 @@ def build_report(results_root: str | Path = "results", out_root: str | Path | No
         data = path.read_bytes()
         lines = data.count(b"\n")
         source = f"{path.name} ({lines} lines, sha256 {content_hash(data)})"
-        atomic_write_text(out_dir / "report.html", task_page(task, board, out_dir, source))
+        page = task_page(task, board, out_dir, source)
+        atomic_write_text(out_dir / "report.html", page)
+        for stale in sorted((out_dir / "plots").glob("*.png")):  # plots of groups that no longer exist
+            if f'src="plots/{stale.name}"' not in page:
+                stale.unlink()
         summary += _summary_rows(task, board)
         failed[task] = len(board.failed)
     parts = ["<h1>ctxbench leaderboards</h1>",

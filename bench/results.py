@@ -1,19 +1,27 @@
 """The results store: one JSON line per run, a sidecar of per-example predictions.
 
-Appends are a single ``write`` of a whole line followed by flush + fsync, so a
-crash leaves at most a torn last line, which readers detect, report and skip.
+Appends are a single ``write`` of a whole line (``O_APPEND``) followed by
+fsync, so a crash leaves at most a torn last line, which readers detect, report
+and skip (a strict prefix of one JSON object never parses) and the next append
+ends on its own line. A run is committed under an exclusive lock on
+``runs.jsonl.lock``: check that no ``ok`` line holds its run_id, write the
+sidecar (write-then-rename), then append the line. So a sidecar always exists
+before its line, a sidecar orphaned by a crash is overwritten by the rerun, and
+two processes sharing one results folder never record one run_id twice as ok.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .store import canonical, content_hash
 
 SCHEMA_VERSION = 1
+RUNS_FILE = "runs.jsonl"
 
 
 def run_id(spec: dict[str, Any]) -> str:
@@ -23,6 +31,14 @@ def run_id(spec: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(spec).encode()).hexdigest()
 
 
+def _write_line(fd: int, data: bytes) -> None:
+    """One ``write`` of the whole line; loops only if the kernel took part of it
+    (a signal or a full disk), which is safe because appends hold the lock."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def append_line(path: str | os.PathLike, record: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +46,7 @@ def append_line(path: str | os.PathLike, record: dict[str, Any]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         _heal_torn_tail(fd, path)
-        os.write(fd, line)
+        _write_line(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -45,7 +61,7 @@ def _heal_torn_tail(fd: int, path: Path) -> None:
     with open(path, "rb") as f:
         f.seek(size - 1)
         if f.read(1) != b"\n":
-            os.write(fd, b"\n")
+            _write_line(fd, b"\n")
 
 
 def _default(o: Any) -> Any:
@@ -56,11 +72,12 @@ def _default(o: Any) -> Any:
     return str(o)
 
 
-def read_jsonl(path: str | os.PathLike, report: bool = True) -> list[dict[str, Any]]:
-    """Parse every whole line; torn or corrupt lines are reported and skipped."""
+def scan_jsonl(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every whole line that parses to a JSON object, and the numbers of the lines that
+    did not (torn by a crash, corrupt, or not an object)."""
     path = Path(path)
     if not path.exists():
-        return []
+        return [], []
     rows, bad = [], []
     with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
@@ -69,9 +86,19 @@ def read_jsonl(path: str | os.PathLike, report: bool = True) -> list[dict[str, A
             try:
                 if not raw.endswith(b"\n"):
                     raise ValueError("no newline (torn write)")
-                rows.append(json.loads(raw))
-            except ValueError:
+                row = json.loads(raw)
+                if not isinstance(row, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
                 bad.append(i)
+                continue
+            rows.append(row)
+    return rows, bad
+
+
+def read_jsonl(path: str | os.PathLike, report: bool = True) -> list[dict[str, Any]]:
+    """Parse every whole line; torn or corrupt lines are reported and skipped."""
+    rows, bad = scan_jsonl(path)
     if bad and report:
         warnings.warn(f"{path}: ignored {len(bad)} torn or corrupt line(s): {bad[:10]}", stacklevel=2)
     return rows
@@ -86,14 +113,82 @@ def results_dir(root: str | os.PathLike, task: str) -> Path:
     return Path(root) / task
 
 
+def runs_path(root: str | os.PathLike, task: str) -> Path:
+    return results_dir(root, task) / RUNS_FILE
+
+
 def sidecar_path(root: str | os.PathLike, task: str, rid: str) -> Path:
     return results_dir(root, task) / "predictions" / f"{rid[:16]}.jsonl"
 
 
+def sidecar_text(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, sort_keys=True, default=_default) + "\n" for r in rows)
+
+
 def write_sidecar(path: Path, rows: list[dict[str, Any]]) -> str:
     """Per-example predictions, written atomically; returns the content hash recorded in the run line."""
-    from .store import atomic_write_text
+    from . import store
 
-    text = "".join(json.dumps(r, sort_keys=True, default=_default) + "\n" for r in rows)
-    atomic_write_text(path, text)
+    text = sidecar_text(rows)
+    store.atomic_write_text(path, text)
     return content_hash(text.encode())
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock on ``<path>.lock`` (released when the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: single-writer only
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def commit_run(root: str | os.PathLike, task: str, record: dict[str, Any], predictions: list[dict[str, Any]]) -> bool:
+    """Record one run: sidecar first (ok runs), then the line, under the lock.
+
+    Returns False (and writes nothing) when an ok line for the run_id is already
+    there, e.g. written by another process sharing the results folder.
+    """
+    path = runs_path(root, task)
+    with locked(path):
+        if record.get("status") == "ok":
+            if record["run_id"] in done_ids(path):
+                return False
+            side = sidecar_path(root, task, record["run_id"])
+            record["predictions_file"] = str(side.relative_to(results_dir(root, task)))
+            record["predictions_sha"] = write_sidecar(side, predictions)
+        append_line(path, record)
+    return True
+
+
+def check_store(root: str | os.PathLike, task: str) -> dict[str, list]:
+    """What a reader would trip over: torn lines, run_ids recorded ok more than once,
+    and ok runs whose sidecar is missing or differs from its ``predictions_sha``."""
+    path = runs_path(root, task)
+    rows, bad = scan_jsonl(path)
+    seen: dict[str, int] = {}
+    dup, missing, mismatch = [], [], []
+    for r in rows:
+        if r.get("status", "ok") != "ok" or "run_id" not in r:
+            continue
+        seen[r["run_id"]] = seen.get(r["run_id"], 0) + 1
+        if seen[r["run_id"]] == 2:
+            dup.append(r["run_id"])
+        rel = r.get("predictions_file")
+        if not rel:
+            continue
+        side = results_dir(root, task) / rel
+        if not side.exists():
+            missing.append(r["run_id"])
+        elif content_hash(side.read_bytes()) != r.get("predictions_sha"):
+            mismatch.append(r["run_id"])
+    return {"torn_lines": bad, "duplicate_ok": dup, "missing_sidecar": missing, "sidecar_mismatch": mismatch}

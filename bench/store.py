@@ -72,3 +72,70 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- checked cache files
+#
+# A cache file is one header line, ``ctxbench-cache v1 <key> <sha256 of payload>``, then the payload.
+# ``key`` is the content hash of everything the entry was built from; a reader passes the key it
+# expects, so a stale entry (other inputs), a truncated or bit-flipped one (checksum) and a file
+# from another format (header) are all refused with the reason, and the caller rebuilds it.
+
+CACHE_MAGIC = b"ctxbench-cache v1"
+
+
+class CacheError(ValueError):
+    """A cache entry that must not be used (missing, stale, corrupt)."""
+
+
+def atomic_write_checked(path: str | os.PathLike, payload: bytes, key: str) -> None:
+    if not key or any(c.isspace() for c in key):
+        raise ValueError(f"cache key must be a non-empty token, got {key!r}")
+    header = b" ".join([CACHE_MAGIC, key.encode(), hashlib.sha256(payload).hexdigest().encode()]) + b"\n"
+    atomic_write_bytes(path, header + payload)
+
+
+def read_checked(path: str | os.PathLike, key: str) -> bytes:
+    """The payload, if the file holds a whole entry built for ``key``; else CacheError."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CacheError(f"unreadable ({e})") from None
+    head, sep, payload = data.partition(b"\n")
+    parts = head.split(b" ")
+    if not sep or len(parts) != 4 or b" ".join(parts[:2]) != CACHE_MAGIC:
+        raise CacheError("not a ctxbench cache file (old format or overwritten)")
+    if parts[2].decode(errors="replace") != key:
+        raise CacheError(f"stale: built for inputs {parts[2].decode(errors='replace')}, expected {key}")
+    if hashlib.sha256(payload).hexdigest().encode() != parts[3]:
+        raise CacheError("corrupt: checksum mismatch (truncated or damaged)")
+    return payload
+
+
+def cached_id_lists(path: str | os.PathLike, key: str, make: Any) -> tuple[list[list[int]], str]:
+    """Token-id lists cached at ``path`` for ``key``: (ids, how) with how = "hit", "built"
+    or "rebuilt: <reason>" (a stale or corrupt entry is reported, never used)."""
+    import warnings
+
+    import numpy as np
+
+    how = "built"
+    if Path(path).exists():
+        try:
+            with np.load(io.BytesIO(read_checked(path, key)), allow_pickle=False) as z:
+                flat, offsets = z["flat"], z["offsets"]
+            if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(flat) \
+                    or (np.diff(offsets) < 0).any():
+                raise CacheError("corrupt: inconsistent offsets")
+            return [flat[a:b].tolist() for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())], "hit"
+        except (CacheError, ValueError, KeyError, OSError) as e:
+            warnings.warn(f"token cache {path}: {e}; rebuilding", stacklevel=2)
+            how = f"rebuilt: {e}"
+    ids = make()
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(x) for x in ids])
+    flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(offsets[-1]))
+    buf = io.BytesIO()
+    np.savez(buf, flat=flat, offsets=offsets)
+    atomic_write_checked(path, buf.getvalue(), key)
+    return ids, how

@@ -90,7 +90,7 @@ def long_frame(runs: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "metric": m[r["main_metric"]],
             **{f"m.{k}": v for k, v in m.items() if isinstance(v, (int, float))},
             **{k: meas.get(k) for k in MEASURES},
-            "data_label": r.get("data_label", ""),
+            "data_label": r.get("data_label") or "",
             "sample": sample_key(r),
             "run_id": r.get("run_id", ""),
             "predictions_file": r.get("predictions_file"),
@@ -234,7 +234,8 @@ def _strategy_order(names: Iterable[str]) -> list[str]:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:80] or "group"
+    """A file-name-safe id for a group; the hash keeps two similar titles apart."""
+    return f'{re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60]}-{content_hash(text, n=6)}'
 
 
 def group_title(keys: dict[str, Any], show_sample: bool) -> str:
@@ -415,10 +416,10 @@ class Leaderboard:
 
     def csv(self) -> str:
         """The leaderboard cells (CIs, tests against head, measurements), one row each."""
-        return self.cells.to_csv(index=False, float_format="%.6g")
+        return self.cells.to_csv(index=False)
 
     def buckets_csv(self) -> str:
-        return self.buckets.to_csv(index=False, float_format="%.6g")
+        return self.buckets.to_csv(index=False)
 
 
 def leaderboard(runs: Iterable[dict[str, Any]], root: str | Path | None = None, *, n_boot: int = stats.N_BOOT,

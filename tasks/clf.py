@@ -47,10 +47,38 @@ class ClfData:
     counts: dict[str, int]
 
 
+TOKENIZE = "v1: add_special_tokens=False, truncation=False"  # part of the token cache key
+
+
+def _digest(parts) -> str:
+    """Content hash of the sampled texts and labels of every split (not of file names or dates)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in SPLITS:
+        h.update(f"\x1e{s}\x1e".encode())
+        for t, l in zip(parts[s]["text"], parts[s]["label"]):
+            h.update(t.encode("utf-8", "surrogatepass") + b"\x1f" + str(l).encode() + b"\x1d")
+    return h.hexdigest()[:16]
+
+
 def load_data(spec, tokenizer, tok_key: str) -> ClfData:
-    """Load, sample, validate labels and tokenize once (datasets' map cache)."""
+    """Load, sample, validate labels and tokenize once. The key (and so every cache built
+    from the data: token ids, span vectors) is a content hash of the sampled texts and
+    labels and of the tokenizer itself; a stale or corrupt token cache is rebuilt."""
+    import warnings
+
+    from bench.store import cached_id_lists
+
+    from .checks import document_counts, problems
+
     dd = load_clf(spec.dataset, spec.text_col, spec.label_col)
     parts = {s: sample(dd[s], getattr(spec.limits, s), spec.data_seed) for s in SPLITS}
+    for s in SPLITS:
+        missing = sum(1 for l in parts[s]["label"] if l is None or not str(l).strip())
+        if missing:
+            raise ConfigError(f"dataset {spec.dataset!r}: {missing} {s} document(s) have no label "
+                              f"(empty {spec.label_col!r} cell); fix or drop them")
     labels = sorted(set(parts["train"]["label"]))
     if len(labels) < 2:
         raise ConfigError(f"dataset {spec.dataset!r}: the training sample has a single class {labels}; need >= 2")
@@ -62,27 +90,38 @@ def load_data(spec, tokenizer, tok_key: str) -> ClfData:
                 f"(raise limits.train or fix the data)"
             )
     index = {l: i for i, l in enumerate(labels)}
-    key = content_hash(spec.dataset, spec.text_col, spec.label_col, spec.data_seed,
-                       [parts[s]._fingerprint for s in SPLITS])
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    tok_fp = content_hash(backend.to_str() if backend is not None else repr(tokenizer), TOKENIZE)
+    key = content_hash(_digest(parts), tok_fp)
     out = ClfData(key, labels, {}, {}, {}, {})
+    train_texts = set(parts["train"]["text"])
     for s in SPLITS:
-        path = cache_dir("tokenized") / f"{key}-{s}-{tok_key}.arrow"
-        tok = parts[s].map(
-            lambda b: {"input_ids": tokenizer(b["text"], add_special_tokens=False, truncation=False,
-                                              verbose=False)["input_ids"]},
-            batched=True, cache_file_name=str(path), desc=f"tokenize {s}",
-        )
-        out.texts[s] = list(parts[s]["text"])
+        texts = list(parts[s]["text"])
+
+        def tokenize(texts=texts) -> list[list[int]]:
+            ids: list[list[int]] = []
+            for i in range(0, len(texts), 256):  # bounded memory for huge documents
+                ids += tokenizer(texts[i: i + 256], add_special_tokens=False, truncation=False,
+                                 verbose=False)["input_ids"]
+            return ids
+
+        out.texts[s] = texts
         out.y[s] = [index[l] for l in parts[s]["label"]]
-        out.ids[s] = list(tok["input_ids"])
-        out.counts[f"empty_docs_{s}"] = sum(1 for t in out.texts[s] if not t.strip())
+        out.ids[s], _ = cached_id_lists(cache_dir("tokenized") / f"{key}-{s}.npz",
+                                        content_hash(key, s, tok_key), tokenize)
+        doc_ids = list(parts[s]["id"]) if "id" in parts[s].column_names else None
+        out.counts.update(document_counts(s, texts, out.ids[s], doc_ids, train_texts if s != "train" else None))
+    if problems(out.counts):
+        warnings.warn(f"dataset {spec.dataset!r}: {', '.join(problems(out.counts))} (kept; counted in every run "
+                      f"record's info)", stacklevel=2)
     return out
 
 
 def check_empty(data: ClfData, policy: str) -> None:
     n = sum(data.counts[f"empty_docs_{s}"] for s in SPLITS)
     if n and policy == "error":
-        raise ConfigError(f"{n} empty or whitespace-only documents (empty_docs=error); set empty_docs=keep to "
+        raise ConfigError(f"{n} empty or whitespace-only documents (or with no token; empty_docs=error); "
+                          f"set empty_docs=keep to "
                           f"encode them as special tokens only (counted in the run record)")
 
 
@@ -488,25 +527,23 @@ class Classification:
 
     def _finetune(self, spec, ctx, enc, data, windows, head, budget, strategy) -> CellResult:
         from bench.model import load_encoder as _load
+        from bench.peft_modes import adalora_schedule, apply_peft, optimizer_steps
 
+        cap = spec.train.max_windows_train
+        train_windows = [ws if cap is None or len(ws) <= cap else _even(ws, cap) for ws in windows["train"]]
+        n_groups = len(train_windows) if doc_level(strategy) else sum(len(ws) for ws in train_windows)
         fresh = _load(spec.model, ctx.device)  # a fresh copy: fine-tuning must not touch the shared encoder
-        encoder = fresh.model
-        if spec.train.finetune == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            cfg = LoraConfig(r=spec.train.lora_r, lora_alpha=spec.train.lora_alpha,
-                             lora_dropout=spec.train.lora_dropout,
-                             target_modules=list(spec.train.lora_target_modules))
-            encoder = get_peft_model(encoder, cfg)
+        # full | lora | adalora | prefix | ia3 (a "<model>@<n>" name arrives position-extended from resolve_model)
+        encoder = apply_peft(fresh.model, spec.train, optimizer_steps(n_groups, spec.train),
+                             longest_input=budget + enc.tokenizer.num_special_tokens_to_add(pair=False))
         model = FinetuneModel(encoder, head, enc.tokenizer.pad_token_id, spec.pooler, ctx.device).to(ctx.device)
 
         def item(split, i, ws):
             return [build_input(enc.tokenizer, data.ids[split][i], w) for w in ws]
 
-        cap = spec.train.max_windows_train
-        train_windows = [ws if cap is None or len(ws) <= cap else _even(ws, cap) for ws in windows["train"]]
-        scores, per_doc, wall, padded, train_info = self._train_eval(spec, ctx, model, data, windows, strategy, item,
-                                                                    train_windows)
+        with adalora_schedule(model):
+            scores, per_doc, wall, padded, train_info = self._train_eval(spec, ctx, model, data, windows, strategy,
+                                                                        item, train_windows)
         measurements = self.measure(spec, enc, data, windows, budget, per_doc, padded)
         measurements.update(predict_wall_s=wall, trainable_params=n_params(model, trainable=True),
                             total_params=n_params(model), timing="measured now (tokens-apportioned batch time)",

@@ -566,6 +566,7 @@ def fit_qa(model: torch.nn.Module, feats: Sequence[tuple], spec, lay: Layout, pa
     sched = linear_warmup(opt, int(cfg.warmup_ratio * total), total)
     lengths = [len(f[0]) for f in feats]
     t_train, seen, toks, losses = 0.0, 0, 0, []
+    cpu0 = time.process_time()
     model.train()
     bar = tqdm(total=cfg.epochs * per_epoch, desc="train qa", disable=not progress, leave=False)
     for _ in range(cfg.epochs):
@@ -596,7 +597,7 @@ def fit_qa(model: torch.nn.Module, feats: Sequence[tuple], spec, lay: Layout, pa
     bar.close()
     model.eval()
     k = max(1, len(losses) // 10)
-    return {"train_seconds": t_train, "train_features": len(feats), "train_examples_per_s": seen / max(t_train, 1e-9),
+    return {"train_seconds": t_train, "train_cpu_seconds": time.process_time() - cpu0, "train_features": len(feats), "train_examples_per_s": seen / max(t_train, 1e-9),
             "train_tokens_per_s": toks / max(t_train, 1e-9), "train_loss_first": float(np.mean(losses[:k])),
             "train_loss_last": float(np.mean(losses[-k:]))}
 
@@ -675,6 +676,7 @@ class ExtractiveQA:
 
     def run(self, spec, ctx: Context) -> CellResult:
         cfg = spec.qa
+        cpu0 = time.process_time()
         if spec.mode != "finetune":
             raise ConfigError("qa: mode must be 'finetune' (train.finetune: full or lora); a frozen encoder has no "
                               "span head to read answers from")
@@ -739,6 +741,7 @@ class ExtractiveQA:
         measurements.update(encode_wall_s=encode_wall, windows_encoded_now=len(missing),
                             window_cache_hits=sum(len(k) for k in keys) - len(missing),
                             train_wall_s_this_cell=train_wall, inference_batch_size=spec.batch_size,
+                            cpu_s=time.process_time() - cpu0,
                             timing="per window: tokens-apportioned batch forward time when it was first encoded "
                                    "(shared window cache across strategies of one model), plus the fold, measured now",
                             **{k: v for k, v in train_info.items() if isinstance(v, (int, float))})

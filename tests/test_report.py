@@ -261,6 +261,7 @@ def test_checker_sees_broken_pages(browser, tmp_path):
                                           '<script>console.error("planted")</script></body></html>')
     errors = browser.load((tmp_path / "broken.html").as_uri())
     assert any("planted" in e for e in errors), errors
+    assert any("missing.png" in e for e in errors), errors
     images = json.loads(browser.evaluate(IMAGES))
     assert images and images[0]["w"] == 0
 

@@ -1,0 +1,165 @@
+"""Parameter-efficient fine-tuning modes on a tiny random BERT, alone and through the clf task."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, BertModel
+
+from bench.config import Train, load_sweep
+from bench.model import n_params, pool_hidden
+from bench.peft_modes import KINDS, adalora_schedule, apply_peft, optimizer_steps, orthogonal_penalty, prefix_positions
+from bench.results import read_jsonl
+from bench.runner import run_sweep
+from strategies import ConfigError
+from tasks import Context
+
+PEFT = [k for k in KINDS if k != "full"]
+
+
+def tiny_bert() -> BertModel:
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=64))
+
+
+def train_steps(model: torch.nn.Module, steps: int) -> list[float]:
+    """AdamW steps on a pooled-output regression, the way tasks/clf.py's fit steps."""
+    torch.manual_seed(1)
+    ids = torch.randint(5, 200, (4, 24))
+    mask = torch.ones_like(ids)
+    mask[2, 12:] = 0
+    target = torch.randn(4, 32)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    losses = []
+    model.train()
+    with adalora_schedule(model):
+        for _ in range(steps):
+            hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, d)
+            loss = F.mse_loss(pool_hidden(hidden, mask, "mean"), target)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+    return losses
+
+
+def test_kinds_match_the_config_validation():
+    for kind in KINDS:
+        assert load_sweep("clf", [f"train.finetune={kind}"]).train.finetune == kind
+    with pytest.raises(ConfigError, match="adalora"):
+        load_sweep("clf", ["train.finetune=loha"])
+    with pytest.raises(ConfigError, match="prefix_tokens"):
+        load_sweep("clf", ["train.prefix_tokens=0"])
+    with pytest.raises(ConfigError, match="together < 1"):
+        load_sweep("clf", ["train.adalora_tinit=0.5", "train.adalora_tfinal=0.5"])
+    with pytest.raises(ConfigError, match="adalora_init_r"):
+        load_sweep("clf", ["train.finetune=adalora", "train.lora_r=16"])
+    assert load_sweep("clf", ["train.finetune=lora", "train.lora_r=16"]).train.lora_r == 16  # init_r is adalora's
+
+
+def test_full_is_the_encoder_itself():
+    enc = tiny_bert()
+    assert apply_peft(enc, Train(finetune="full"), 10) is enc
+
+
+@pytest.mark.parametrize("kind", PEFT)
+def test_each_mode_trains_a_step_with_fewer_trainable_params(kind):
+    full = n_params(tiny_bert(), trainable=True)
+    base = tiny_bert()
+    frozen = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    model = apply_peft(base, Train(finetune=kind, lora_r=2, adalora_init_r=4, prefix_tokens=4), total_steps=10)
+    trainable = n_params(model, trainable=True)
+    assert 0 < trainable < full / 5
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    losses = train_steps(model, 1)
+    assert all(map(lambda x: x == x, losses))  # finite (not NaN)
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert moved, f"{kind}: no trainable parameter changed after one step"
+    for k, v in base.state_dict().items():  # the pretrained weights stay frozen
+        if k in frozen and "lora" not in k and "ia3" not in k:
+            assert torch.equal(v, frozen[k]), k
+
+
+def test_prefix_attends_to_trained_vectors_and_respects_the_mask():
+    model = apply_peft(tiny_bert().eval(), Train(finetune="prefix", prefix_tokens=4), 10).eval()
+    ids = torch.randint(5, 200, (2, 20))
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    a = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    ids2 = ids.clone()
+    ids2[1, 10:] = 7
+    assert torch.allclose(a[1, :10], model(input_ids=ids2, attention_mask=mask).last_hidden_state[1, :10])
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    assert not torch.allclose(a, model(input_ids=ids, attention_mask=mask).last_hidden_state)
+
+
+def test_prefix_costs_positions_on_learned_absolute_positions():
+    train = Train(finetune="prefix", prefix_tokens=4)
+    assert prefix_positions(tiny_bert(), train) == 4
+    assert prefix_positions(tiny_bert(), Train(finetune="lora")) == 0
+    apply_peft(tiny_bert(), train, 10, longest_input=60)  # 60 + 4 = 64 positions: fits
+    with pytest.raises(ConfigError, match="lower the budget by 1"):
+        apply_peft(tiny_bert(), train, 10, longest_input=61)
+
+
+def test_adalora_schedule_allocates_ranks_and_stays_scoped():
+    model = apply_peft(tiny_bert(), Train(finetune="adalora", lora_r=2, adalora_init_r=4, adalora_tinit=0.2,
+                                          adalora_tfinal=0.2), total_steps=10)
+    tuner = model.base_model
+    cfg = tuner.peft_config["default"]
+    assert (cfg.total_step, cfg.tinit, cfg.tfinal, cfg.init_r, cfg.target_r) == (10, 2, 2, 4, 2)
+    assert orthogonal_penalty(tuner).requires_grad
+    train_steps(model, 10)
+    assert cfg.rank_pattern, "update_and_allocate never reached the final allocation"
+    kept = sum(sum(map(bool, m)) for m in cfg.rank_pattern.values())
+    assert kept == 2 * len(cfg.rank_pattern)  # the budget: target_r on average per adapter
+    # outside the context no hook fires: another optimizer over the same params leaves the pattern alone
+    pattern = {k: list(v) for k, v in cfg.rank_pattern.items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    opt.step()
+    assert {k: list(v) for k, v in cfg.rank_pattern.items()} == pattern
+
+
+def test_adalora_refuses_a_schedule_with_no_allocation_phase():
+    with pytest.raises(ConfigError, match="no rank-allocation phase"):
+        apply_peft(tiny_bert(), Train(finetune="adalora", adalora_tinit=0.5, adalora_tfinal=0.4), total_steps=5)
+
+
+def test_lora_targets_not_in_the_model_name_the_architecture_default():
+    with pytest.raises(ConfigError, match=r"q_proj"):
+        from transformers import LlamaConfig, LlamaModel
+
+        llama = LlamaModel(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2))
+        apply_peft(llama, Train(finetune="lora"), 10)
+
+
+def test_optimizer_steps_counts_fit_steps():
+    t = Train(epochs=3, batch_size=8, grad_accum=2)
+    assert optimizer_steps(40, t) == 3 * 3  # 5 batches -> 3 steps (the last one partial)
+    assert optimizer_steps(1, dataclasses.replace(t, grad_accum=1)) == 3
+
+
+@pytest.mark.parametrize("kind", PEFT)
+def test_modes_run_through_the_clf_task(tiny_model, tiny_data, tmp_path, cache_env, kind):
+    sweep = load_sweep("clf", [f"model={tiny_model}", f"dataset={tiny_data}", "limits.train=null",
+                               "limits.val=null", "limits.test=null", "mode=finetune", f"train.finetune={kind}",
+                               "train.epochs=2", "train.batch_size=16", "train.lr=0.001", "seeds=[0]",
+                               "strategies=[head, {name: hierarchical, pool: mean}]", "budgets=[32]",
+                               "train.prefix_tokens=4"])
+    summary = run_sweep(sweep, tmp_path / "r", ctx=Context(device=torch.device("cpu"), progress=False),
+                        progress=False)
+    assert summary.ok, summary.failed
+    for r in read_jsonl(tmp_path / "r" / "clf" / "runs.jsonl"):
+        m = r["measurements"]
+        assert r["spec"]["train"]["finetune"] == kind
+        assert 0 < m["trainable_params"] < m["total_params"] / 5
+        assert m["train_examples_per_s"] > 0 and m["train_tokens_per_s"] > 0 and m["peak_memory_mb"] > 0
