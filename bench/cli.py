@@ -1,4 +1,4 @@
-"""The ``ctxbench`` command line: bench, table, report, list."""
+"""The ``ctxbench`` command line: bench, table, report, compare, scale, list."""
 from __future__ import annotations
 
 import argparse
@@ -27,7 +27,11 @@ def _bench(args: argparse.Namespace) -> int:
     cells = sweep.cells()
     print(f"ctxbench: {sweep.task} on {sweep.dataset} with {sweep.model} ({sweep.mode}); {len(cells)} runs "
           f"= {len(sweep.strategies)} strategies x {len(sweep.budgets)} budgets x {len(sweep.seeds)} seeds")
-    summary = run_sweep(sweep, args.results, progress=not args.quiet)
+    from .executors import make_executor
+
+    executor = make_executor(args.executor, args.address)
+    summary = run_sweep(sweep, args.results, progress=not args.quiet, isolate=args.isolate,
+                        oom_retries=args.oom_retries, deterministic=args.deterministic, executor=executor)
     board = write_leaderboard(Path(args.results) / sweep.task / "runs.jsonl")
     print(board.markdown())
     print(f"ran {summary.ran}, skipped {summary.skipped} already recorded, failed {len(summary.failed)}"
@@ -93,6 +97,15 @@ def parser() -> argparse.ArgumentParser:
     for flag in FLAG_KEYS:
         b.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None)
     b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.add_argument("--executor", default="local", choices=["local", "ray", "accelerate"],
+                   help="where cells run: in this process (default), as Ray tasks, or across `accelerate launch` "
+                        "processes; this process alone writes runs.jsonl")
+    b.add_argument("--address", default=None, help="Ray cluster: auto or ray://host:port (with --executor ray)")
+    b.add_argument("--isolate", action="store_true",
+                   help="run each cell in a child process (CPU peak RSS is that cell's; an OS OOM kill is an oom run)")
+    b.add_argument("--oom-retries", type=int, default=0,
+                   help="retry an out-of-memory cell up to N times with its batch sizes halved (default 0)")
+    b.add_argument("--deterministic", action="store_true", help="ask torch for deterministic kernels")
     b.set_defaults(func=_bench)
     t = sub.add_parser("table", help="regenerate leaderboard.md/.csv from runs.jsonl alone")
     t.add_argument("task", nargs="?")
@@ -100,6 +113,16 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="build the static HTML leaderboard site under results/ from runs.jsonl alone")
     r.add_argument("--out", default=None, help="site folder (default: the results folder)")
     r.set_defaults(func=_report)
+    from . import compare, scale
+
+    c = sub.add_parser("compare", help="diff two runs.jsonl (metric, throughput, memory) with thresholds; "
+                                       "exit 1 on a regression")
+    compare.add_arguments(c)
+    c.set_defaults(func=compare.run)
+    s = sub.add_parser("scale", help="time each strategy on synthetic documents of 512..65,536 tokens and fit "
+                                     "the growth (table + plot)")
+    scale.add_arguments(s)
+    s.set_defaults(func=scale.run)
     ls = sub.add_parser("list", help="list strategies, tasks, datasets, models, sweeps")
     ls.set_defaults(func=_list)
     return p

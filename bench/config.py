@@ -69,7 +69,9 @@ class QA:
     contexts, keep misaligned answers for EM/F1 only, all counted) or error.
     ``fold``: how window outputs become one answer; ``auto`` = the strategy's
     rule (see tasks/qa.py). Training reads ``train_source`` paragraphs in
-    windows of ``train_seq_len`` positions overlapping by ``train_overlap``.
+    windows of ``train_seq_len`` positions overlapping by ``train_overlap``;
+    a ``train_negatives`` share of the questions is also paired with a
+    neighbouring paragraph of its article, labelled "no answer here" (CLS).
     """
 
     context_paragraphs: tuple[Any, ...] = (0,)
@@ -81,6 +83,7 @@ class QA:
     train_source: tuple[str, ...] = ("new_wiki", "nyt", "reddit", "amazon_reviews")
     train_seq_len: int = 384
     train_overlap: int = 128
+    train_negatives: float = 0.0  # share of training questions also shown a neighbouring paragraph -> CLS
 
     def __post_init__(self) -> None:
         for k in self.context_paragraphs:
@@ -99,6 +102,8 @@ class QA:
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
                 raise ConfigError(f"qa.{key} must be one of {valid}, got {getattr(self, key)!r}")
+        if isinstance(self.train_negatives, bool) or not 0.0 <= float(self.train_negatives) <= 1.0:
+            raise ConfigError(f"qa.train_negatives must lie in [0, 1], got {self.train_negatives!r}")
         if not self.train_source:
             raise ConfigError("qa.train_source is empty")
 
@@ -253,8 +258,44 @@ def parse_strategy(item: Any) -> StrategySpec:
         name = item["name"]
     else:
         raise ConfigError(f"a strategy is a name or a mapping with 'name', got {item!r}")
-    strategies.build(name, **params)  # raises on unknown names / params / values
+    if not isinstance(name, str):
+        raise ConfigError(f"a strategy name is a string, got {name!r}")
+    cls = strategies.strategy_class(name)  # raises "did you mean" on unknown names
+    hints = get_type_hints(cls)
+    for key, value in params.items():
+        if key in hints and not _type_ok(value, hints[key]):
+            raise ConfigError(f"strategy {name!r}: parameter {key!r} expects {_type_name(hints[key])}, got {value!r}")
+    try:
+        strategies.build(name, **params)  # raises on unknown params / values
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"strategy {name!r}: bad parameter value(s) {params!r}: {e}") from None
     return StrategySpec(name, tuple(sorted(params.items())))
+
+
+def _type_ok(value: Any, typ: Any) -> bool:
+    """A strict check (no conversion: the spec keeps the value as written, it is part of the run_id)."""
+    origin, args = getattr(typ, "__origin__", None), getattr(typ, "__args__", ())
+    if typ is Any:
+        return True
+    if args and type(None) in args and origin is not tuple:  # X | None
+        return value is None or any(_type_ok(value, a) for a in args if a is not type(None))
+    if origin is tuple or typ is tuple:
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0] if args else Any) for v in value)
+    if typ is bool:
+        return isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(typ, type):
+        return isinstance(value, typ)
+    return True
+
+
+def _type_name(typ: Any) -> str:
+    return getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -334,3 +375,52 @@ def validate(sweep: Sweep) -> None:
                           f">= 0 and together < 1, got {t.adalora_tinit} and {t.adalora_tfinal}")
     if t.prefix_tokens < 1:
         raise ConfigError(f"train.prefix_tokens must be >= 1, got {t.prefix_tokens}")
+    _check_ranges(sweep)
+    _dry_run_strategies(sweep)
+
+
+def _check_ranges(sweep: Sweep) -> None:
+    """Ranges the type check cannot see (each error names its key and what it expects)."""
+    def at_least(key: str, value: Any, lo: int, none_ok: bool = False) -> None:
+        if value is None and none_ok:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ConfigError(f"{key} must be an integer >= {lo}{' or null' if none_ok else ''}, got {value!r}")
+
+    at_least("batch_size", sweep.batch_size, 1)
+    at_least("data_seed", sweep.data_seed, 0)
+    for s in sweep.seeds:
+        at_least("seeds[]", s, 0)
+    for split in ("train", "val", "test"):
+        at_least(f"limits.{split}", getattr(sweep.limits, split), 0, none_ok=True)  # qa: val=0
+    t = sweep.train
+    for key in ("epochs", "batch_size", "patience", "grad_accum"):
+        at_least(f"train.{key}", getattr(t, key), 1)
+    at_least("train.max_windows_train", t.max_windows_train, 1, none_ok=True)
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr must be > 0, got {t.lr!r}")
+    if not t.weight_decay >= 0:
+        raise ConfigError(f"train.weight_decay must be >= 0, got {t.weight_decay!r}")
+    for key in ("dropout", "lora_dropout"):
+        if not 0.0 <= getattr(t, key) < 1.0:
+            raise ConfigError(f"train.{key} must lie in [0, 1), got {getattr(t, key)!r}")
+    if not 0.0 <= t.warmup_ratio <= 1.0:
+        raise ConfigError(f"train.warmup_ratio must lie in [0, 1], got {t.warmup_ratio!r}")
+
+
+def _dry_run_strategies(sweep: Sweep) -> None:
+    """Ask every pure strategy for the windows of a long document at every budget, so a
+    parameter that only fails against a budget (step > window without allow_gaps,
+    overlap >= chunk) is an error at load time, not one failed cell per budget later.
+    (A task may shrink the budget further, e.g. by a question: that is checked per cell.)"""
+    for spec in sweep.strategies:
+        strategy = spec.build()
+        if strategies.needs(strategy):
+            continue  # selection strategies need sentences; their parameters were checked when built
+        for b in sweep.budgets:
+            if b is None:
+                continue
+            try:
+                strategy.windows(4 * b + 3, b)
+            except ConfigError as e:
+                raise ConfigError(f"strategy {spec.label} at budget {b}: {e}") from None

@@ -214,11 +214,13 @@ def _store_notes(root: Path, task: str) -> list[str]:
 
 def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context | None = None,
               progress: bool = True, *, isolate: bool = False, oom_retries: int = 0,
-              deterministic: bool = False) -> GridSummary:
+              deterministic: bool = False, executor=None) -> GridSummary:
     """Run every cell not yet recorded ok. ``isolate``: each cell in its own child process
     (CPU peak RSS is then that cell's; a child killed by the OS is an oom run).
     ``oom_retries``: halve the batch sizes and retry an OOM cell up to this many times.
-    ``deterministic``: ask torch for deterministic kernels (see README, Determinism)."""
+    ``deterministic``: ask torch for deterministic kernels (see README, Determinism).
+    ``executor``: where cells run (bench/executors.py; default: in this process, one by one);
+    whatever runs them, this process alone records them, as each one finishes."""
     if not isinstance(oom_retries, int) or oom_retries < 0:
         raise ConfigError(f"oom_retries must be an integer >= 0, got {oom_retries!r}")
     if deterministic:
@@ -239,25 +241,39 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
     env = {**environment(ctx.device), "determinism": determinism_record()}
     cells = sweep.cells()
     ctx.memo["cells"] = cells  # lets a task plan shared work (e.g. one encoding pass per budget)
-    with _StopAfterCell() as stop:
-        for spec in tqdm(cells, desc="grid", disable=not progress):
-            rid = run_id(spec_record(spec, task))
-            if rid in done:
+    from .executors import LocalExecutor
+
+    executor = executor or LocalExecutor()
+
+    def pending():  # read lazily: the local executor asks for the next cell after recording the last
+        for spec in cells:
+            if run_id(spec_record(spec, task)) in done:
                 summary.skipped += 1
+                bar.update()
                 continue
-            record, preds = run_cell(spec, ctx, task, env, oom_retries=oom_retries, isolate=isolate)
-            if not commit_run(root, sweep.task, record, preds):
-                summary.skipped += 1  # another process recorded it meanwhile
-            elif record["status"] == "ok":
-                summary.ran += 1
-            else:
-                summary.failed.append((cell_label(spec), record["status"], record["error"]))
-                tqdm.write(f"[{record['status']}] {cell_label(spec)}: {record['error']}")
-            if record["status"] == "ok":
-                done.add(rid)
-            if stop.requested:
-                summary.interrupted = True
-                break
+            yield spec
+
+    with _StopAfterCell() as stop, tqdm(total=len(cells), desc="grid", disable=not progress) as bar:
+        results = executor.run(pending(), ctx, task, env, oom_retries=oom_retries, isolate=isolate)
+        try:
+            for spec, record, preds in results:
+                bar.update()
+                rid = record["run_id"]
+                if not commit_run(root, sweep.task, record, preds):
+                    summary.skipped += 1  # another process recorded it meanwhile
+                elif record["status"] == "ok":
+                    summary.ran += 1
+                else:
+                    summary.failed.append((cell_label(spec), record["status"], record["error"]))
+                    tqdm.write(f"[{record['status']}] {cell_label(spec)}: {record['error']}")
+                if record["status"] == "ok":
+                    done.add(rid)
+                if stop.requested:
+                    summary.interrupted = True
+                    break
+        finally:
+            results.close()  # a remote executor stops its workers here
+    summary.notes += executor.notes()
     if hasattr(task, "summary"):
         summary.notes += task.summary(ctx, root / sweep.task)
     return summary

@@ -10,6 +10,7 @@ vote); document-level ones (hierarchical, or sliding with
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections import Counter
@@ -27,7 +28,7 @@ from bench.model import (
     Head, Loaded, build_input, encode, length_batches, linear_warmup, load_encoder, n_params, pack, pad_batch,
     pool_hidden, seed_everything, sync, usable_budget,
 )
-from bench.store import atomic_torch_save, cache_dir, content_hash, file_hash
+from bench.store import cache_dir, content_hash, file_hash
 from strategies import ConfigError, Window, needs, window_len
 from strategies.select import timed_windows
 
@@ -57,8 +58,8 @@ def _digest(parts) -> str:
     h = hashlib.sha256()
     for s in SPLITS:
         h.update(f"\x1e{s}\x1e".encode())
-        for t, l in zip(parts[s]["text"], parts[s]["label"]):
-            h.update(t.encode("utf-8", "surrogatepass") + b"\x1f" + str(l).encode() + b"\x1d")
+        for t, lab in zip(parts[s]["text"], parts[s]["label"]):
+            h.update(t.encode("utf-8", "surrogatepass") + b"\x1f" + str(lab).encode() + b"\x1d")
     return h.hexdigest()[:16]
 
 
@@ -75,7 +76,7 @@ def load_data(spec, tokenizer, tok_key: str) -> ClfData:
     dd = load_clf(spec.dataset, spec.text_col, spec.label_col)
     parts = {s: sample(dd[s], getattr(spec.limits, s), spec.data_seed) for s in SPLITS}
     for s in SPLITS:
-        missing = sum(1 for l in parts[s]["label"] if l is None or not str(l).strip())
+        missing = sum(1 for lab in parts[s]["label"] if lab is None or not str(lab).strip())
         if missing:
             raise ConfigError(f"dataset {spec.dataset!r}: {missing} {s} document(s) have no label "
                               f"(empty {spec.label_col!r} cell); fix or drop them")
@@ -202,26 +203,41 @@ def group_size(g) -> int:
 def predict(model: nn.Module, groups: Sequence, batch_size: int, device: torch.device,
             desc: str | None = None) -> tuple[torch.Tensor, list[float], int]:
     """Logits per group, batched by size; each group's share (by tokens) of its batch's
-    wall time; and the padded tokens the encoder saw (0 for cached vectors)."""
+    wall time; and the padded tokens the encoder saw (0 for cached vectors).
+
+    Under a launcher a FinetuneModel's groups are split across processes (every
+    world-th, padded to equal counts so every process runs as many batches) and the
+    logits gathered back to every process by index, so each group is scored exactly
+    once and every process holds the same logits. (``gather_for_metrics`` drops the
+    padding of a prepared DataLoader's fixed-size batches; these batches are cut by
+    length, so the padding is tagged and dropped here.) One process: all groups, in
+    the batches this function always made."""
+    from bench.distributed import gather_by_index, strided_share, world
+
     model.eval()
+    size, rank = world() if isinstance(model, FinetuneModel) else (1, 0)
     sizes = [group_size(g) for g in groups]
-    out: list[torch.Tensor | None] = [None] * len(groups)
-    seconds = [0.0] * len(groups)
+    todo, tags = strided_share(len(groups), rank, size)  # one process: range(n), nothing padded
+    out: list[torch.Tensor | None] = [None] * len(todo)
+    seconds = [0.0] * len(todo)
     padded = 0
     with torch.inference_mode():
-        for batch in tqdm(length_batches(sizes, batch_size), desc=desc, disable=desc is None, leave=False):
+        for batch in tqdm(length_batches([sizes[i] for i in todo], batch_size), desc=desc, disable=desc is None,
+                          leave=False):
             sync(device)
             t0 = time.perf_counter()
-            logits = model([groups[i] for i in batch]).float().cpu()
+            logits = model([groups[todo[p]] for p in batch]).float().cpu()
             sync(device)
             dt = time.perf_counter() - t0
-            total = max(1, sum(sizes[i] for i in batch))
-            if not isinstance(groups[batch[0]], torch.Tensor):
-                inputs = [x for i in batch for x in groups[i]]
+            total = max(1, sum(sizes[todo[p]] for p in batch))
+            if not isinstance(groups[todo[batch[0]]], torch.Tensor):
+                inputs = [x for p in batch for x in groups[todo[p]]]
                 padded += len(inputs) * max(len(x) for x in inputs)
-            for j, i in enumerate(batch):
-                out[i] = logits[j]
-                seconds[i] = dt * sizes[i] / total
+            for j, p in enumerate(batch):
+                out[p] = logits[j]
+                seconds[p] = dt * sizes[todo[p]] / total
+        if size > 1:
+            return gather_by_index(tags, torch.stack(out), seconds, padded, len(groups))
     return torch.stack(out), seconds, padded
 
 
@@ -229,9 +245,17 @@ def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable
         device: torch.device, progress: bool) -> dict[str, Any]:
     """AdamW with linear warm-up (or full-batch L-BFGS for probes), early stopping on
     validation macro-F1; the best epoch's weights are restored."""
+    from bench.distributed import accelerator_for, local_share
+
     cfg = spec.train
     params = [p for p in model.parameters() if p.requires_grad]
     y_t = torch.as_tensor(y, dtype=torch.long)
+    # Data parallel under a launcher (accelerate launch / torchrun) for end-to-end models: each process
+    # takes its share of every batch and DDP averages the gradients. Probes train replicated. One process:
+    # the model itself, the same batches and the same operations as without accelerate.
+    acc = accelerator_for(cfg.grad_accum)
+    size, rank = (acc.num_processes, acc.process_index) if isinstance(model, FinetuneModel) else (1, 0)
+    net = acc.prepare_model(model, device_placement=False) if size > 1 else model
     gen = torch.Generator().manual_seed(spec.seed)
     best, best_state, bad, epochs_run = -1.0, None, 0, 0
     steps_per_epoch = max(1, -(-len(groups) // (cfg.batch_size * cfg.grad_accum)))
@@ -263,13 +287,15 @@ def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable
             opt.zero_grad()
             for step, i in enumerate(range(0, len(order), cfg.batch_size)):
                 idx = order[i: i + cfg.batch_size]
-                batch = [groups[j] for j in idx]
-                loss = F.cross_entropy(model(batch), y_t[idx].to(device)) / cfg.grad_accum
-                loss.backward()
+                last = (step + 1) % cfg.grad_accum == 0 or i + cfg.batch_size >= len(order)
+                mine, weight = local_share(idx, rank, size)  # one process: (idx, 1.0)
+                with acc.no_sync(net) if size > 1 and not last else contextlib.nullcontext():
+                    loss = F.cross_entropy(net([groups[j] for j in mine]), y_t[mine].to(device))
+                    acc.backward(loss if weight == 1.0 else loss * weight)  # divides by grad_accum
                 n_seen += len(idx)
-                tok_seen += sum(group_size(g) for g in batch)
-                if (step + 1) % cfg.grad_accum == 0 or i + cfg.batch_size >= len(order):
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                tok_seen += sum(group_size(groups[j]) for j in idx)
+                if last:
+                    acc.clip_grad_norm_(params, 1.0)
                     opt.step()
                     sched.step()
                     opt.zero_grad()
@@ -286,7 +312,7 @@ def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return {"epochs_run": epochs_run, "best_val_macro_f1": best, "train_seconds": t_train,
+    return {"epochs_run": epochs_run, "best_val_macro_f1": best, "train_seconds": t_train, "train_processes": size,
             "train_examples_per_s": n_seen / max(t_train, 1e-9),
             "train_tokens_per_s": tok_seen / max(t_train, 1e-9) if tok_seen else None}
 
@@ -296,36 +322,53 @@ def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable
 
 class SpanCache:
     """Vectors of encoded windows, keyed by (split, document index, window), shared by
-    every strategy at every budget for one (data, model, pooler). Persisted atomically;
-    a corrupt file is reported and rebuilt."""
+    every strategy at every budget for one (data, model, pooler). The file name is the
+    content hash of those inputs (``key``); the file is written atomically with that key
+    and a checksum (``bench.store.atomic_write_checked``), so a stale, truncated or
+    damaged file is reported and rebuilt, never used."""
 
-    def __init__(self, path):
+    def __init__(self, path, key: str | None = None):
         self.path = path
+        self.key = key or path.stem
         self.rows: dict[tuple, tuple[torch.Tensor, float, int]] = {}
         self.dirty = False
         self.loaded_from_disk = 0
+        self.rebuilt: str | None = None
         if path.exists():
+            import io
+
+            from bench.store import read_checked
+
             try:
-                blob = torch.load(path, weights_only=True)
+                blob = torch.load(io.BytesIO(read_checked(path, self.key)), weights_only=True)
+                n = len(blob["keys"])
+                if not (len(blob["vectors"]) == len(blob["seconds"]) == len(blob["padded"]) == n):
+                    raise ValueError(f"inconsistent lengths ({n} keys)")
                 for k, v, s, p in zip(blob["keys"], blob["vectors"], blob["seconds"], blob["padded"]):
                     self.rows[_key_from_list(k)] = (v, float(s), int(p))
                 self.loaded_from_disk = len(self.rows)
-            except Exception as e:  # corrupt or incompatible: rebuild
+            except Exception as e:  # stale, corrupt or incompatible: rebuild
                 import warnings
 
-                warnings.warn(f"span cache {path} unreadable ({e}); rebuilding", stacklevel=2)
-                self.rows = {}
+                warnings.warn(f"span cache {path} not used ({e}); rebuilding", stacklevel=2)
+                self.rows, self.rebuilt = {}, str(e)
 
     def save(self) -> None:
         if not self.dirty:
             return
+        import io
+
+        from bench.store import atomic_write_checked
+
         keys = list(self.rows)
-        atomic_torch_save(self.path, {
+        buf = io.BytesIO()
+        torch.save({
             "keys": [_key_to_list(k) for k in keys],
             "vectors": torch.stack([self.rows[k][0] for k in keys]),
             "seconds": torch.tensor([self.rows[k][1] for k in keys], dtype=torch.float64),
             "padded": torch.tensor([self.rows[k][2] for k in keys], dtype=torch.long),
-        })
+        }, buf)
+        atomic_write_checked(self.path, buf.getvalue(), self.key)
         self.dirty = False
 
     def ensure(self, keys: list[tuple], inputs: Callable[[tuple], list[int]], enc: Loaded, spec,

@@ -80,6 +80,7 @@ from .stitch import stitch
 SPLITS = ("train", "val", "test")
 WNUT_NAMES = ("wnut16", "wnut")
 SLIDING_STITCH = {"max": "max_context", "mean": "mean"}  # sliding's ``pool`` -> tasks.stitch method
+MAX_SHARED_MODELS = 4  # trained models kept per process for cells with identical training inputs
 
 
 # ---------------------------------------------------------------- data
@@ -360,6 +361,42 @@ def fold_document(n_tokens: int, word_ids: list[int], n_words: int, windows: lis
     return words, seen_words
 
 
+def tag_documents(model: TokenModel, tokenizer, documents: Sequence[Sequence[str]], strategy, budget: int,
+                  labels: Sequence[str], batch_size: int = 64, device: torch.device | None = None) -> list[list[str]]:
+    """Word lists -> BIO tags per word, end to end (align, windows, batched model, stitch, words):
+    the inference path of a cell, for a trained window- or document-level model."""
+    check_strategy(strategy)
+    device = device or model.device
+    method, doc_level = stitch_method(strategy), strategy.level == "document"
+    prefix = len(template(tokenizer).prefix)
+    aligned = [align(tokenizer, list(words)) for words in documents]
+    windows = doc_windows(strategy, [a.ids for a in aligned], budget)
+    examples, owner = [], []
+    for i, ws in enumerate(windows):
+        items = [build_input(tokenizer, aligned[i].ids, w) for w in ws]
+        if doc_level and items:
+            examples.append(items)
+            owner.append(i)
+        else:
+            examples += [[x] for x in items]
+            owner += [i] * len(items)
+    logits, _, _ = predict(model, examples, batch_size, device)
+    per_doc: list[list[torch.Tensor]] = [[] for _ in documents]
+    for lg, i in zip(logits, owner):
+        per_doc[i].extend(lg)
+    outside = list(labels).index("O")
+    out = []
+    for i, ws in enumerate(windows):
+        n_words = len(documents[i])
+        if not ws:
+            out.append(["O"] * n_words)
+            continue
+        preds, _ = fold_document(len(aligned[i].ids), aligned[i].word_ids, n_words, ws, per_doc[i], method,
+                                 len(labels), outside, prefix)
+        out.append([labels[k] for k in preds])
+    return out
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -523,9 +560,20 @@ class NER:
         if spec.mode == "probe":
             model, item, enc_seconds, extra = self._probe_model(spec, ctx, p, head)
         else:
-            model, item = self._finetune_model(spec, ctx, p, head)
+            model, item = None, self._finetune_item(p)
             enc_seconds, extra = None, {}
-        train_info = self.train(spec, ctx, p, model, item)
+        key = self.train_key(spec, p)
+        trained: dict = ctx.memo.setdefault("ner-trained", {})
+        if key in trained:  # identical training inputs: the same model, trained once
+            model, train_info = trained[key][0], {**trained[key][1], "train_reused": True}
+        else:
+            if model is None:
+                model = self._finetune_model(spec, ctx, p, head)
+            train_info = {**self.train(spec, ctx, p, model, item), "train_reused": False,
+                          "trained_by": spec.strategy.label}
+            trained[key] = (model, train_info)
+            while len(trained) > MAX_SHARED_MODELS:
+                trained.pop(next(iter(trained)))
         ex, owner = self.examples(p, "test", item)
         t0 = time.perf_counter()
         logits, secs, padded = predict(model, ex, spec.batch_size, ctx.device, "predict" if ctx.progress else None)
@@ -537,8 +585,9 @@ class NER:
             per_doc += enc_seconds
             padded = extra.pop("padded_test")
         measurements = self.measure(spec, p, per_doc, padded)
+        frozen = n_params(p.enc.model) if spec.mode == "probe" else 0  # probe: the cached encoder's weights
         measurements.update(predict_wall_s=wall, trainable_params=n_params(model, trainable=True),
-                            total_params=n_params(model), **train_info, **extra)
+                            total_params=n_params(model) + frozen, **train_info, **extra)
         del model
         return self.result(spec, p, preds, seen, measurements)
 
@@ -559,7 +608,27 @@ class NER:
         info["train_max_windows"] = cap
         return info
 
-    def _finetune_model(self, spec, ctx: Context, p: Prepared, head: TokenHead) -> tuple[TokenModel, Callable]:
+    @staticmethod
+    def train_key(spec, p: Prepared) -> str:
+        """What training depends on. Cells with equal keys train bit-identical models (e.g. every
+        window-level strategy when all documents fit the budget), so the model is trained once.
+        The stitch method matters only when some validation document has several windows."""
+        cap = spec.train.max_windows_train
+        train_windows = [ws if cap is None or len(ws) <= cap else _even(ws, cap) for ws in p.windows["train"]]
+        method = p.method if any(len(ws) > 1 for ws in p.windows["val"]) else None
+        head = (p.strategy.pool, getattr(p.strategy, "layers", 1)) if p.doc_level else None
+        return content_hash(spec.model, spec.mode, spec.train, spec.seed, spec.pooler, spec.batch_size, p.data.key,
+                            p.doc_level, head, method, train_windows, p.windows["val"])
+
+    def _finetune_item(self, p: Prepared) -> Callable:
+        tok = p.enc.tokenizer
+
+        def item(split: str, i: int, w: Window) -> list[int]:
+            return build_input(tok, p.data.ids[split][i], w)
+
+        return item
+
+    def _finetune_model(self, spec, ctx: Context, p: Prepared, head: TokenHead) -> TokenModel:
         fresh = load_encoder(spec.model, ctx.device)  # a fresh copy: fine-tuning must not touch the shared encoder
         encoder = fresh.model
         if spec.train.finetune == "lora":
@@ -569,13 +638,7 @@ class NER:
                              lora_dropout=spec.train.lora_dropout,
                              target_modules=list(spec.train.lora_target_modules))
             encoder = get_peft_model(encoder, cfg)
-        model = TokenModel(head, encoder, p.enc.tokenizer.pad_token_id, ctx.device).to(ctx.device)
-        tok = p.enc.tokenizer
-
-        def item(split: str, i: int, w: Window) -> list[int]:
-            return build_input(tok, p.data.ids[split][i], w)
-
-        return model, item
+        return TokenModel(head, encoder, p.enc.tokenizer.pad_token_id, ctx.device).to(ctx.device)
 
     def _probe_model(self, spec, ctx: Context, p: Prepared, head: TokenHead):
         """Frozen encoder: every distinct window is encoded once per process (shared by the
@@ -692,7 +755,7 @@ def export_token_classifier(model: TokenModel, labels: list[str], tokenizer, pat
     config.label2id = {t: i for i, t in enumerate(labels)}
     hf = AutoModelForTokenClassification.from_config(config)
     missing, unexpected = hf.base_model.load_state_dict(encoder.state_dict(), strict=False)
-    if unexpected or any("pooler" not in k for k in missing):
+    if any("pooler" not in k for k in missing + unexpected):  # the token model has no pooler
         raise RuntimeError(f"encoder weights do not fit the token-classification model: missing={missing} "
                            f"unexpected={unexpected}")
     cls = getattr(hf, "classifier", None)
@@ -716,4 +779,5 @@ def from_token_classifier(hf: nn.Module, device: torch.device, pad_id: int) -> T
 
 
 __all__ = ["NER", "NerData", "TokenHead", "TokenModel", "doc_counts", "entity_set", "export_token_classifier",
-           "fold_document", "from_token_classifier", "micro_f1", "prepare_data", "seqeval_scores", "stitch_method"]
+           "fold_document", "from_token_classifier", "micro_f1", "prepare_data", "seqeval_scores", "stitch_method",
+           "tag_documents"]

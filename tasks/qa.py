@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -484,19 +485,30 @@ def train_key(spec, mkey: str) -> str:
     cfg = spec.qa
     return content_hash("qa-train", TRAIN_VERSION, mkey, asdict(spec.train), list(cfg.train_source),
                         [source_key(s) for s in cfg.train_source], cfg.train_seq_len, cfg.train_overlap,
+                        cfg.train_negatives,
                         cfg.max_question_tokens, cfg.question_overflow, spec.limits.train, spec.data_seed, spec.seed)
 
 
 def training_items(spec, tokenizer) -> tuple[list[Item], dict[str, Any]]:
-    """``limits.train`` questions over their own paragraphs (k=0), from every ``qa.train_source``.
+    """``limits.train`` questions over their own paragraphs (k=0), from every ``qa.train_source``,
+    plus a ``qa.train_negatives`` share of them over a neighbouring paragraph (answer: CLS).
 
     Training always drops (and counts) bad rows: questions without an aligned answer.
     """
     cfg = spec.qa
     pool: list[qa_data.Example] = []
     counts: dict[str, Any] = {}
+    neighbour: dict[str, str] = {}  # question id -> a neighbouring paragraph of its article
     for src in cfg.train_source:
-        ex, rep = qa_data.build_examples(load_articles(src, split="train"), 0)
+        arts = load_articles(src, split="train")
+        for art in arts:
+            paras = [p for p in art.paragraphs if p.context.strip()]
+            for gi, p in enumerate(paras):
+                if len(paras) > 1:
+                    other = paras[gi + 1] if gi + 1 < len(paras) else paras[gi - 1]
+                    for q in p.qas:
+                        neighbour[q.id] = other.context
+        ex, rep = qa_data.build_examples(arts, 0)
         good = [e for e in ex if e.spans]
         counts[f"train[{src}]"] = {"questions": rep.n_questions, "usable": len(good),
                                    "misaligned_answers": rep.n_misaligned_source,
@@ -512,7 +524,16 @@ def training_items(spec, tokenizer) -> tuple[list[Item], dict[str, Any]]:
                 for sp in [char_to_token_span(off, s, s + len(a))] if sp is not None]
         if q and gold:
             items.append(Item(r, e.id, 0, e.question, e.context, list(e.answers), q, c, off, gold))
-    counts.update(train_questions=len(items), train_questions_truncated=cut)
+    # negatives: the question over a neighbouring paragraph that does not contain its answer text
+    rng = random.Random(spec.data_seed + 1)
+    picked = [it for it in items if rng.random() < cfg.train_negatives and it.id in neighbour
+              and not any(a.lower() in neighbour[it.id].lower() for a in it.answers)]
+    if picked:
+        c_ids, offs = tokenize_contexts(tokenizer, [neighbour[it.id] for it in picked])
+        for it, c, off in zip(picked, c_ids, offs):
+            items.append(Item(len(items), it.id, 0, it.question, neighbour[it.id], [], it.q_ids, c, off, []))
+    counts.update(train_questions=len(items) - len(picked), train_negatives=len(picked),
+                  train_questions_truncated=cut)
     return items, counts
 
 
@@ -529,11 +550,11 @@ def train_features(items: Sequence[Item], lay: Layout, pair_special: int, seq_le
         step = room - overlap
         if step < 1:
             raise ConfigError(f"qa.train_overlap={overlap} >= the training window ({room} context tokens)")
-        ts, te = it.gold[0]
+        ts, te = it.gold[0] if it.gold else (-1, -1)  # a negative: every window points at CLS
         for s in positions(it.n, room, step):
             e = min(it.n, s + room)
             ids, types, first = lay.pair(it.q_ids, it.c_ids, ((s, e),))
-            if s <= ts and te <= e:
+            if it.gold and s <= ts and te <= e:
                 feats.append((ids, types, first + ts - s, first + te - 1 - s))
             else:
                 feats.append((ids, types, lay.cls_index, lay.cls_index))
@@ -592,12 +613,13 @@ def fit_qa(model: torch.nn.Module, feats: Sequence[tuple], spec, lay: Layout, pa
             t_train += time.perf_counter() - t0
             seen += len(idx)
             toks += sum(lengths[i] for i in idx)
-            losses.append(float(out.loss))
+            losses.append(float(out.loss.detach()))
             bar.update(1)
     bar.close()
     model.eval()
     k = max(1, len(losses) // 10)
-    return {"train_seconds": t_train, "train_cpu_seconds": time.process_time() - cpu0, "train_features": len(feats), "train_examples_per_s": seen / max(t_train, 1e-9),
+    return {"train_seconds": t_train, "train_cpu_seconds": time.process_time() - cpu0,
+            "train_features": len(feats), "train_examples_per_s": seen / max(t_train, 1e-9),
             "train_tokens_per_s": toks / max(t_train, 1e-9), "train_loss_first": float(np.mean(losses[:k])),
             "train_loss_last": float(np.mean(losses[-k:]))}
 
@@ -698,8 +720,10 @@ class ExtractiveQA:
             cfg.max_question_tokens, cfg.question_overflow, cfg.bad_input,
             key=content_hash(*eval_key[:-1], source_key(spec.dataset), self.version)))
         t_train = time.perf_counter()
-        folder, train_info = ctx.get(("qa-model", train_key(spec, mkey)),
-                                     lambda: finetuned(spec, base, mkey, device, ctx.progress))
+        tkey = ("qa-model", train_key(spec, mkey))
+        fresh = tkey not in ctx.memo
+        folder, train_info = ctx.get(tkey, lambda: finetuned(spec, base, mkey, device, ctx.progress))
+        model_cache = train_info.get("model_cache") if fresh else "memo"
         train_wall = time.perf_counter() - t_train
         ft: Loaded = ctx.get(("qa-ft", str(folder), str(device)), lambda: load_encoder(
             str(folder), device, auto_class="AutoModelForQuestionAnswering"))
@@ -748,7 +772,7 @@ class ExtractiveQA:
         info = {"budget": spec.budget if spec.budget is not None else min(budgets, default=0),
                 "attn_implementation": ft.attn_implementation, "dtype": ft.dtype, "fold": rule,
                 "context_paragraphs": list(cfg.context_paragraphs), "model_folder": folder.name,
-                "model_cache": train_info.get("model_cache"), "train": {k: v for k, v in train_info.items()
+                "model_cache": model_cache, "train": {k: v for k, v in train_info.items()
                                                                        if not isinstance(v, (int, float))},
                 **data.counts}
         return CellResult(metrics, measurements, preds, info)

@@ -48,7 +48,10 @@ def _standardise(ds: datasets.Dataset, text: str, label: str) -> datasets.Datase
     missing = [c for c in (text, label) if c not in ds.column_names]
     if missing:
         raise ConfigError(f"dataset has no column(s) {missing}; columns: {ds.column_names} (set text_col/label_col)")
-    ds = ds.select_columns([text, label])
+    keep_id = "id" in ds.column_names and "id" not in (text, label)  # counted for duplicates
+    ds = ds.select_columns([text, label, *(["id"] if keep_id else [])])
+    if keep_id:
+        ds = ds.cast_column("id", datasets.Value("string"))
     if text != "text":
         ds = ds.rename_column(text, "text")
     if label != "label":
@@ -94,7 +97,7 @@ def load_hub(name: str, text_col: str, label_col: str) -> datasets.DatasetDict:
             f"dataset {name!r} is not built in ({', '.join(SOURCES)}) and looks like a hub id, but this machine is "
             f"offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set); use a built-in dataset or a connected machine"
         )
-    raw = datasets.load_dataset(name, cache_dir=str(cache_dir("datasets")))
+    raw = datasets.load_dataset(name, cache_dir=str(cache_dir("datasets")), **_decode_policy(name))
     if "val" in raw and "validation" not in raw:
         raw["validation"] = raw.pop("val")
     if "train" not in raw or "test" not in raw:
@@ -107,6 +110,19 @@ def load_hub(name: str, text_col: str, label_col: str) -> datasets.DatasetDict:
         tv = _stratified(train, VAL_SHARE, SPLIT_SEED)
         train, val = tv["train"], tv["test"]
     return datasets.DatasetDict(train=train, val=val, test=test)
+
+
+TEXT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".txt")
+
+
+def _decode_policy(name: str) -> dict[str, str]:
+    """A local folder of text files is decoded as UTF-8 with ``errors="replace"``: an
+    undecodable byte becomes U+FFFD (documents holding one are counted in the run record,
+    ``replacement_char_docs_<split>``) instead of failing the whole data set."""
+    path = Path(name)
+    if path.is_dir() and any(p.suffix.lower() in TEXT_SUFFIXES for p in path.rglob("*") if p.is_file()):
+        return {"encoding_errors": "replace"}
+    return {}
 
 
 SOURCES: dict[str, Source] = {

@@ -126,3 +126,31 @@ def test_smollm2_loads_from_the_package_offline():
     with torch.no_grad():
         h = enc.model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state  # (1, L, 576)
     assert h.shape == (1, x.shape[1], 576) and torch.isfinite(h).all()
+
+
+def _run(model, mode, kind, strategy, budget, seed, f1, tokens, seconds, rid):
+    return {"run_id": rid, "status": "ok", "task_version": "1", "main_metric": "macro_f1", "budget": budget,
+            "spec": {"task": "clf", "dataset": "newsarticles", "model": model, "mode": mode, "seed": seed,
+                     "data_seed": 0, "limits": {"train": 200, "val": 50, "test": 100}, "budget": budget,
+                     "train": {"finetune": kind}, "strategy": {"name": strategy, "label": strategy}},
+            "metrics": {"macro_f1": f1}, "measurements": {"docs": 100, "real_tokens": tokens,
+                                                           "inference_seconds": seconds, "coverage": 1.0}}
+
+
+def test_comparison_table_puts_every_model_and_kind_side_by_side():
+    from bench.longmodel import comparison_frame, comparison_markdown
+
+    runs = [_run("smollm2", "probe", "full", "head", 2048, s, f1, 68_000, 40.0, f"a{s}")
+            for s, f1 in ((0, 0.5), (1, 0.7))]
+    runs += [_run("minilm", "probe", "full", "sliding", 510, 0, 0.55, 90_000, 10.0, "b"),
+             _run("minilm", "finetune", "lora", "head", 510, 0, 0.6, 43_000, 4.0, "c"),
+             _run("minilm", "finetune", "full", "head", 510, 0, 0.62, 43_000, 4.0, "d"),
+             {**_run("minilm", "probe", "full", "tail", 510, 0, 0.1, 1, 1.0, "e"), "status": "error"}]
+    df = comparison_frame(runs)
+    assert len(df) == 4 and set(df["mode"]) == {"probe", "finetune:lora", "finetune:full"}
+    row = df[df["model"] == "smollm2"].iloc[0]
+    assert row["seeds"] == 2 and row["metric"] == pytest.approx(0.6) and row["tokens/doc"] == 680
+    assert row["time vs fastest"] == pytest.approx(10.0) and df["time vs fastest"].min() == 1.0
+    assert list(df["tokens/doc"]) == sorted(df["tokens/doc"])
+    text = comparison_markdown(runs)
+    assert "0.600 ± 0.141" in text and "finetune:lora" in text and "tail" not in text

@@ -1,0 +1,418 @@
+"""perf / perf-check: run the pytest-benchmark suite and compare it with this machine's baseline.
+
+Layout (one folder per kind of machine, so a GPU runner and a laptop never compare)::
+
+    results/perf/<machine-id>/baseline.json   the committed baseline (pytest-benchmark JSON)
+    results/perf/<machine-id>/latest.json     the last run
+    results/perf/<machine-id>/report.md       the last comparison
+
+``python -m bench.perfcheck run``    runs the suite into latest.json (and seeds baseline.json
+                                      if this machine has none, or with ``--update-baseline``).
+``python -m bench.perfcheck check``  runs it, compares with baseline.json, writes report.md.
+                                      Exit 0: no regression. 1: a regression (or a benchmark failed
+                                      or went missing). 2: nothing to compare against.
+
+Why normalised: these machines are shared and noisy, so absolute times from two runs
+are not comparable. Every benchmark records the matmul rate measured right before
+each of its timed rounds (``calib_gflops``), and throughput is compared as
+``(tokens/s / calib)_now / (tokens/s / calib)_baseline``: a machine that is 20%
+slower for everything (throttling, a neighbour's job) moves both and passes; code
+that got 20% slower moves only the benchmark and fails. Memory is compared as
+measured (peak RSS of an isolated child on CPU, max allocated on CUDA).
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PERF_ROOT = Path("results") / "perf"
+SUITE = REPO / "bench" / "perf"
+THRESHOLDS = SUITE / "thresholds.json"
+
+
+# ------------------------------------------------------------------ machine id
+
+
+def slug(text: str) -> str:
+    """Lower-case, trademarks and clock speeds dropped, runs of other characters to '-'."""
+    text = text.lower()
+    text = re.sub(r"\((r|tm|c)\)", "", text)
+    text = re.sub(r"@.*$", "", text)  # "... CPU @ 2.90GHz"
+    text = re.sub(r"\b(cpu|processor|\d+-core)\b", " ", text)
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def machine_id(device: str = "auto") -> str:
+    """``cuda-nvidia-h200`` or ``cpu-amd-epyc-2c``: stable across runs on the same kind of machine."""
+    import torch
+
+    from bench.measure import device_name
+    from bench.model import pick_device
+
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        return "cuda-" + slug(torch.cuda.get_device_name(dev))
+    name = device_name(dev).split(":", 1)[-1]
+    return f"cpu-{slug(name) or 'unknown'}-{usable_cpus()}c"
+
+
+def machine_dir(mid: str, root: str | os.PathLike = PERF_ROOT) -> Path:
+    return Path(root) / mid
+
+
+# ------------------------------------------------------------------ thresholds
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A benchmark regresses when its normalised throughput falls by more than
+    ``throughput_drop`` or its peak memory rises by more than ``memory_rise`` *and*
+    by more than ``memory_min_mb`` (so a few MB of allocator noise on a small cell never fails)."""
+
+    throughput_drop: float = 0.10
+    memory_rise: float = 0.10
+    memory_min_mb: float = 8.0
+
+
+def load_thresholds(path: str | os.PathLike | None = THRESHOLDS) -> dict[str, Any]:
+    if path is None or not Path(path).exists():
+        return {"default": asdict(Limits()), "benchmarks": {}}
+    data = json.loads(Path(path).read_text())
+    known = set(asdict(Limits()))
+    entries = [("default", data.get("default", {})), *data.get("machines", {}).items(),
+               *data.get("benchmarks", {}).items()]
+    for where, entry in entries:
+        unknown = set(entry) - known - {"why"}
+        if unknown:
+            raise ValueError(f"{path}: {where}: unknown threshold keys {sorted(unknown)}; valid: {sorted(known)}")
+    return data
+
+
+def limits_for(name: str, thresholds: dict[str, Any], machine: str | None = None) -> Limits:
+    """The default limits, then every ``machines`` pattern matching the machine id, then every
+    ``benchmarks`` pattern matching the benchmark name (fnmatch, in file order)."""
+    lim = Limits(**{k: v for k, v in thresholds.get("default", {}).items() if k != "why"})
+    for pattern, entry in thresholds.get("machines", {}).items() if machine else ():
+        if fnmatch.fnmatchcase(machine, pattern):
+            lim = replace(lim, **{k: v for k, v in entry.items() if k != "why"})
+    for pattern, entry in thresholds.get("benchmarks", {}).items():
+        if fnmatch.fnmatchcase(name, pattern):
+            lim = replace(lim, **{k: v for k, v in entry.items() if k != "why"})
+    return lim
+
+
+# ------------------------------------------------------------------ comparison
+
+
+@dataclass
+class Bench:
+    """The numbers perf-check reads from one pytest-benchmark entry."""
+
+    name: str
+    median_s: float
+    tokens: float | None  # real tokens per round (None: compare rounds/s)
+    calib: float | None  # GFLOP/s measured next to this benchmark
+    peak_mb: float | None
+    cell_mb: float | None
+
+    @property
+    def throughput(self) -> float:
+        return (self.tokens or 1.0) / self.median_s
+
+
+def session_calibration(data: dict[str, Any]) -> float | None:
+    cal = (data.get("machine_info", {}).get("ctxbench", {}) or {}).get("calibration") or {}
+    return cal.get("gflops")
+
+
+def benches(data: dict[str, Any]) -> dict[str, Bench]:
+    fallback = session_calibration(data)
+    out = {}
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info", {}) or {}
+        out[b["name"]] = Bench(b["name"], float(b["stats"]["median"]), info.get("real_tokens"),
+                               info.get("calib_gflops", fallback), info.get("peak_memory_mb"),
+                               info.get("cell_memory_mb"))
+    return out
+
+
+@dataclass
+class Row:
+    name: str
+    verdict: str  # ok | REGRESSED | improved | missing | new
+    base: Bench | None
+    cur: Bench | None
+    limits: Limits
+    raw_change: float | None = None
+    calib_change: float | None = None
+    change: float | None = None  # normalised throughput change
+    mem_change: float | None = None
+    mem_delta_mb: float | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckResult:
+    rows: list[Row]
+    notes: list[str]
+    normalised: bool
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{r.name}: {why}" for r in self.rows for why in r.reasons]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b - 1.0
+
+
+def check(baseline: dict[str, Any], current: dict[str, Any], thresholds: dict[str, Any] | None = None,
+          normalise: bool = True, allow_missing: bool = False) -> CheckResult:
+    """Compare two pytest-benchmark JSON documents benchmark by benchmark (a pure function)."""
+    thresholds = thresholds if thresholds is not None else load_thresholds()
+    base, cur = benches(baseline), benches(current)
+    notes = []
+    bi = baseline.get("machine_info", {}).get("ctxbench", {}) or {}
+    ci = current.get("machine_info", {}).get("ctxbench", {}) or {}
+    if bi.get("workload") and ci.get("workload") and bi["workload"] != ci["workload"]:
+        notes.append(f"the workload changed since the baseline ({bi['workload']} -> {ci['workload']}); "
+                     f"throughput is compared per real token, but consider re-baselining")
+    machine = ci.get("machine_id") or bi.get("machine_id")
+    rows = []
+    for name in sorted(set(base) | set(cur)):
+        lim = limits_for(name, thresholds, machine)
+        b, c = base.get(name), cur.get(name)
+        if c is None:
+            row = Row(name, "missing", b, None, lim)
+            if not allow_missing:
+                row.reasons.append("in the baseline but not in this run (did it fail or get renamed?)")
+            rows.append(row)
+            continue
+        if b is None:
+            rows.append(Row(name, "new", None, c, lim))
+            continue
+        row = Row(name, "ok", b, c, lim)
+        row.raw_change = _ratio(c.throughput, b.throughput)
+        row.calib_change = _ratio(c.calib, b.calib)
+        use_cal = normalise and row.calib_change is not None
+        row.change = (_ratio(c.throughput / c.calib, b.throughput / b.calib) if use_cal else row.raw_change)
+        if b.tokens and c.tokens and b.tokens != c.tokens:
+            notes.append(f"{name}: real tokens per round changed {b.tokens:.0f} -> {c.tokens:.0f}")
+        if row.change is not None and row.change < -lim.throughput_drop:
+            how = (f"normalised; raw {row.raw_change:+.1%}, calibration {row.calib_change:+.1%}" if use_cal
+                   else "raw, not normalised")
+            row.reasons.append(f"throughput {row.change:+.1%} ({how}), limit -{lim.throughput_drop:.0%}")
+        if b.peak_mb is not None and c.peak_mb is not None:
+            row.mem_change = _ratio(c.peak_mb, b.peak_mb)
+            row.mem_delta_mb = c.peak_mb - b.peak_mb
+            if row.mem_change is not None and row.mem_change > lim.memory_rise and row.mem_delta_mb > lim.memory_min_mb:
+                row.reasons.append(f"peak memory {row.mem_change:+.1%} ({b.peak_mb:.0f} -> {c.peak_mb:.0f} MB, "
+                                   f"{row.mem_delta_mb:+.0f} MB), limit +{lim.memory_rise:.0%} and "
+                                   f"+{lim.memory_min_mb:g} MB")
+        elif b.peak_mb is not None:
+            row.reasons.append("peak memory was recorded in the baseline but not in this run")
+        if row.reasons:
+            row.verdict = "REGRESSED"
+        elif row.change is not None and row.change > lim.throughput_drop:
+            row.verdict = "improved"
+        rows.append(row)
+    if normalise and not all(r.calib_change is not None for r in rows if r.base and r.cur):
+        notes.append("some benchmarks have no calibration on one side: compared raw")
+    return CheckResult(rows, notes, normalise)
+
+
+# ------------------------------------------------------------------ report
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.1%}"
+
+
+def _num(x: float | None, fmt: str = "{:.0f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def _describe(data: dict[str, Any], path: str) -> str:
+    commit = data.get("commit_info", {}) or {}
+    sha = (commit.get("id") or "?")[:10] + ("+dirty" if commit.get("dirty") else "")
+    cal = session_calibration(data)
+    cal_s = f", session matmul {cal:.1f} GFLOP/s" if cal else ""
+    return f"`{path}` (commit {sha}, {data.get('datetime', '?')[:19]}{cal_s})"
+
+
+def render(result: CheckResult, baseline: dict[str, Any], current: dict[str, Any], base_path: str = "baseline",
+           cur_path: str = "current") -> str:
+    """The readable report: verdict first, then what regressed and by how much, then every benchmark."""
+    from tabulate import tabulate
+
+    mid = (current.get("machine_info", {}).get("ctxbench", {}) or {}).get("machine_id", "?")
+    lines = [f"# perf-check on {mid}", "",
+             f"- baseline: {_describe(baseline, base_path)}",
+             f"- current:  {_describe(current, cur_path)}",
+             "- throughput = real tokens / median round time; "
+             + ("compared normalised by the matmul calibration measured next to each benchmark: "
+                "change = (throughput/calib)_now / (throughput/calib)_baseline - 1"
+                if result.normalised else "compared raw (--no-normalise)"),
+             "- memory = peak memory of one run of the cell (see memory_method in the JSON)", ""]
+    if result.ok:
+        lines.append(f"**PASS**: {len(result.rows)} benchmarks, no regression beyond the thresholds.")
+    else:
+        lines.append(f"**FAIL**: {len(result.failures)} regression(s):")
+        lines.append("")
+        lines += [f"- {f}" for f in result.failures]
+    if result.notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in result.notes]
+    table = []
+    for r in result.rows:
+        table.append([
+            r.name, _num(r.base.throughput if r.base else None), _num(r.cur.throughput if r.cur else None),
+            _pct(r.raw_change), _pct(r.calib_change), _pct(r.change), f"-{r.limits.throughput_drop:.0%}",
+            _num(r.base.peak_mb if r.base else None), _num(r.cur.peak_mb if r.cur else None), _pct(r.mem_change),
+            f"+{r.limits.memory_rise:.0%}", r.verdict,
+        ])
+    headers = ["benchmark", "tok/s base", "tok/s now", "raw Δ", "calib Δ", "norm Δ", "limit",
+               "peak MB base", "peak MB now", "mem Δ", "limit", "verdict"]
+    lines += ["", tabulate(table, headers=headers, tablefmt="github"), ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ running the suite
+
+
+def run_suite(out: Path, device: str = "auto", pytest_args: list[str] | None = None) -> int:
+    """Run ``bench/perf`` under pytest-benchmark, writing its JSON to ``out``."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pytest", str(SUITE), "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+           f"--benchmark-json={out}", "--benchmark-disable-gc", "--benchmark-sort=name",
+           "--benchmark-columns=median,iqr,min,max,rounds", f"--perf-device={device}", *(pytest_args or [])]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    print("$", " ".join(cmd), flush=True)
+    return subprocess.call(cmd, cwd=REPO, env=env)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    mid = machine_id(args.device)
+    folder = machine_dir(mid, args.root)
+    latest = folder / "latest.json"
+    rc = run_suite(latest, args.device, args.pytest_args)
+    if not latest.exists():
+        print(f"perf: the suite wrote no results (pytest exit {rc})", file=sys.stderr)
+        return 2
+    baseline = folder / "baseline.json"
+    if args.update_baseline or not baseline.exists():
+        shutil.copyfile(latest, baseline)
+        print(f"perf: {'updated' if args.update_baseline else 'seeded'} the baseline {baseline}")
+    print(f"perf: wrote {latest} (machine {mid})")
+    return 0 if rc == 0 else 1
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    mid = None if (args.baseline and args.current) else machine_id(args.device)
+    folder = machine_dir(mid, args.root) if mid else None
+    base_path = Path(args.baseline) if args.baseline else folder / "baseline.json"
+    if not base_path.exists():
+        print(f"perf-check: no baseline for machine {mid!r} at {base_path}.\n"
+              f"Run `make perf` once on this kind of machine (it seeds {base_path}) and commit it.", file=sys.stderr)
+        return 2
+    rc = 0
+    if args.current:
+        cur_path = Path(args.current)
+    else:
+        cur_path = folder / "latest.json"
+        rc = run_suite(cur_path, args.device, args.pytest_args)
+        if not cur_path.exists():
+            print(f"perf-check: the suite wrote no results (pytest exit {rc})", file=sys.stderr)
+            return 2
+    baseline, current = _load(base_path), _load(cur_path)
+    bm = (baseline.get("machine_info", {}).get("ctxbench", {}) or {}).get("machine_id")
+    cm = (current.get("machine_info", {}).get("ctxbench", {}) or {}).get("machine_id")
+    if bm and cm and bm != cm and not args.allow_other_machine:
+        print(f"perf-check: the baseline was measured on {bm}, this run on {cm}; refusing to compare "
+              f"(--allow-other-machine to force)", file=sys.stderr)
+        return 2
+    result = check(baseline, current, load_thresholds(args.thresholds), normalise=not args.no_normalise,
+                   allow_missing=args.allow_missing)
+    report = render(result, baseline, current, str(base_path), str(cur_path))
+    if rc != 0:
+        report += f"\n**The suite itself failed** (pytest exit {rc}): see the log above.\n"
+    report_path = Path(args.report) if args.report else cur_path.parent / "report.md"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(report)
+    print(report)
+    print(f"perf-check: wrote {report_path}")
+    return 0 if result.ok and rc == 0 else 1
+
+
+def _cmd_machine_id(args: argparse.Namespace) -> int:
+    print(machine_id(args.device))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.perfcheck", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--root", default=str(PERF_ROOT), help="results folder (default: results/perf)")
+        s.add_argument("--device", default="auto", help="auto (cuda if present) | cpu | cuda | cuda:N")
+        s.add_argument("pytest_args", nargs="*", help="extra pytest args after --, e.g. -- --perf-rounds=5")
+
+    r = sub.add_parser("run", help="run the suite into <root>/<machine-id>/latest.json")
+    common(r)
+    r.add_argument("--update-baseline", action="store_true", help="also copy the run to baseline.json")
+    r.set_defaults(func=_cmd_run)
+    c = sub.add_parser("check", help="run the suite and compare with <root>/<machine-id>/baseline.json")
+    common(c)
+    c.add_argument("--baseline", help="baseline JSON (default: <root>/<machine-id>/baseline.json)")
+    c.add_argument("--current", help="compare this JSON instead of running the suite")
+    c.add_argument("--thresholds", default=str(THRESHOLDS),
+                   help="thresholds JSON (default: bench/perf/thresholds.json)")
+    c.add_argument("--report", help="where to write the markdown report (default: next to the current JSON)")
+    c.add_argument("--no-normalise", action="store_true", help="compare raw throughput, ignoring the calibration")
+    c.add_argument("--allow-missing", action="store_true", help="a baseline benchmark missing from this run passes")
+    c.add_argument("--allow-other-machine", action="store_true", help="compare across machine ids")
+    c.set_defaults(func=_cmd_check)
+    m = sub.add_parser("machine-id", help="print this machine's id")
+    m.add_argument("--device", default="auto")
+    m.set_defaults(func=_cmd_machine_id)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

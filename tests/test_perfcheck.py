@@ -1,0 +1,204 @@
+"""perf-check on planted pytest-benchmark JSON: no model, no timing, milliseconds.
+
+It must fail on a planted 20% slowdown and on a planted memory rise, and pass on
+an unchanged run; the calibration must absorb a machine that is slower overall.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import perfcheck
+from bench.perfcheck import Limits, check, limits_for, render
+
+NAMES = ["test_infer[head-b64]", "test_infer[sliding-b256]", "test_finetune_step[sliding-b64]"]
+THRESHOLDS = {"default": {"throughput_drop": 0.10, "memory_rise": 0.10, "memory_min_mb": 8.0}, "benchmarks": {}}
+
+
+def bench_entry(name: str, median: float, tokens: int = 1000, calib: float = 25.0, peak: float = 500.0) -> dict:
+    return {
+        "group": None, "name": name, "fullname": f"bench/perf/test_perf.py::{name}",
+        "params": {}, "param": name.split("[")[1][:-1], "options": {"disable_gc": True, "timer": "perf_counter"},
+        "stats": {"min": median * 0.95, "max": median * 1.05, "mean": median, "stddev": median * 0.02,
+                  "rounds": 3, "median": median, "iqr": median * 0.03, "q1": median * 0.98, "q3": median * 1.01,
+                  "iqr_outliers": 0, "stddev_outliers": 0, "outliers": "0;0", "ld15iqr": median * 0.95,
+                  "hd15iqr": median * 1.05, "ops": 1 / median, "total": 3 * median, "iterations": 1},
+        "extra_info": {"real_tokens": tokens, "calib_gflops": calib, "peak_memory_mb": peak,
+                       "cell_memory_mb": peak - 400.0, "memory_method": "planted"},
+    }
+
+
+def run_json(medians: dict[str, float] | None = None, peaks: dict[str, float] | None = None, calib: float = 25.0,
+             machine: str = "cpu-test-2c") -> dict[str, Any]:
+    medians = medians or {}
+    peaks = peaks or {}
+    return {
+        "machine_info": {"node": "test", "ctxbench": {"machine_id": machine, "calibration": {"gflops": calib},
+                                                      "workload": {"doc_lengths": [2048, 384]}}},
+        "commit_info": {"id": "0" * 40, "dirty": False},
+        "benchmarks": [bench_entry(n, medians.get(n, 1.0 + i), calib=calib, peak=peaks.get(n, 500.0 + 10 * i))
+                       for i, n in enumerate(NAMES)],
+        "datetime": "2026-01-01T00:00:00+00:00", "version": "5.3.1",
+    }
+
+
+@pytest.fixture
+def baseline() -> dict[str, Any]:
+    return run_json()
+
+
+def test_unchanged_run_passes(baseline):
+    result = check(baseline, copy.deepcopy(baseline), THRESHOLDS)
+    assert result.ok, result.failures
+    assert {r.verdict for r in result.rows} == {"ok"}
+    assert all(r.change == pytest.approx(0.0) for r in result.rows)
+
+
+def test_planted_20pct_slowdown_fails(baseline):
+    name = NAMES[1]
+    slow = run_json({name: 2.0 * 1.2})  # 20% more time -> throughput -16.7%
+    result = check(baseline, slow, THRESHOLDS)
+    assert not result.ok
+    assert [r.name for r in result.rows if r.verdict == "REGRESSED"] == [name]
+    row = next(r for r in result.rows if r.name == name)
+    assert row.change == pytest.approx(1 / 1.2 - 1)
+    assert "throughput -16.7%" in result.failures[0]
+    assert name in render(result, baseline, slow)
+
+
+def test_planted_memory_rise_fails(baseline):
+    name = NAMES[2]
+    fat = run_json(peaks={name: 520.0 * 1.2})
+    result = check(baseline, fat, THRESHOLDS)
+    assert not result.ok
+    (failure,) = result.failures
+    assert failure.startswith(name) and "peak memory +20.0%" in failure and "+104 MB" in failure
+
+
+def test_small_noise_passes(baseline):
+    noisy = run_json({NAMES[0]: 1.0 * 1.05, NAMES[1]: 2.0 * 0.97}, peaks={NAMES[0]: 503.0})
+    assert check(baseline, noisy, THRESHOLDS).ok
+
+
+def test_memory_rise_under_the_absolute_floor_passes():
+    small = {"default": {"throughput_drop": 0.10, "memory_rise": 0.10, "memory_min_mb": 8.0}}
+    base = run_json(peaks={NAMES[0]: 40.0})
+    cur = run_json(peaks={NAMES[0]: 46.0})  # +15% but only +6 MB
+    assert check(base, cur, small).ok
+
+
+def test_calibration_absorbs_a_slower_machine(baseline):
+    # everything 20% slower, and the matmul calibration measured next to it too: the code did not regress
+    slower = run_json({n: (1.0 + i) * 1.25 for i, n in enumerate(NAMES)}, calib=25.0 / 1.25)
+    assert check(baseline, slower, THRESHOLDS).ok
+    # the same run compared raw is a regression everywhere
+    raw = check(baseline, slower, THRESHOLDS, normalise=False)
+    assert len(raw.failures) == len(NAMES)
+
+
+def test_code_slowdown_on_a_faster_machine_still_fails(baseline):
+    # the machine got 10% faster (calibration) while the other benchmarks' times did not move: -9% normalised,
+    # within the limit; the one that also got 20% slower in raw time is -24% normalised and fails
+    cur = run_json({NAMES[0]: 1.0 * 1.2}, calib=25.0 * 1.1)
+    result = check(baseline, cur, THRESHOLDS)
+    assert [r.name for r in result.rows if r.reasons] == [NAMES[0]]
+
+
+def test_missing_benchmark_fails_unless_allowed(baseline):
+    cur = run_json()
+    cur["benchmarks"] = cur["benchmarks"][:-1]
+    assert not check(baseline, cur, THRESHOLDS).ok
+    assert check(baseline, cur, THRESHOLDS, allow_missing=True).ok
+
+
+def test_new_benchmark_is_reported_not_failed(baseline):
+    cur = run_json()
+    cur["benchmarks"].append(bench_entry("test_infer[new-b64]", 1.0))
+    result = check(baseline, cur, THRESHOLDS)
+    assert result.ok and any(r.verdict == "new" for r in result.rows)
+
+
+def test_per_benchmark_thresholds():
+    th = {"default": {"throughput_drop": 0.10}, "benchmarks": {"test_finetune_step*": {"throughput_drop": 0.25}}}
+    assert limits_for(NAMES[2], th) == Limits(throughput_drop=0.25)
+    assert limits_for(NAMES[0], th) == Limits(throughput_drop=0.10)
+    base = run_json()
+    cur = run_json({NAMES[2]: 3.0 * 1.2})  # -16.7%: within the fine-tune step's 25%
+    assert check(base, cur, th).ok
+
+
+def test_per_machine_thresholds():
+    th = {"default": {"throughput_drop": 0.10}, "machines": {"cpu-*": {"throughput_drop": 0.30}},
+          "benchmarks": {"test_finetune_step*": {"memory_rise": 0.2}}}
+    assert limits_for(NAMES[0], th, "cpu-test-2c").throughput_drop == 0.30
+    assert limits_for(NAMES[0], th, "cuda-nvidia-h200").throughput_drop == 0.10
+    assert limits_for(NAMES[2], th, "cpu-test-2c") == Limits(throughput_drop=0.30, memory_rise=0.2)
+    base = run_json()
+    cur = run_json({NAMES[0]: 1.25})  # -20%: fails at 10%, passes on a cpu-* machine at 30%
+    assert check(base, cur, th).ok
+    assert not check(run_json(machine="cuda-x"), run_json({NAMES[0]: 1.25}, machine="cuda-x"), th).ok
+
+
+def test_unknown_threshold_key_is_an_error(tmp_path: Path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"default": {"throughput_dorp": 0.1}}))
+    with pytest.raises(ValueError, match="throughput_dorp"):
+        perfcheck.load_thresholds(path)
+
+
+def test_shipped_thresholds_parse():
+    th = perfcheck.load_thresholds()
+    assert limits_for("test_infer[head-b64]", th).throughput_drop == pytest.approx(0.10)
+    assert limits_for("test_infer[head-b64]", th).memory_rise == pytest.approx(0.10)
+
+
+def write(path: Path, data: dict) -> str:
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_cli_exit_codes_and_report(tmp_path: Path, baseline):
+    base = write(tmp_path / "baseline.json", baseline)
+    same = write(tmp_path / "same.json", copy.deepcopy(baseline))
+    slow = write(tmp_path / "slow.json", run_json({NAMES[0]: 1.2}))
+    fat = write(tmp_path / "fat.json", run_json(peaks={NAMES[1]: 620.0}))
+    report = tmp_path / "report.md"
+    args = ["check", "--baseline", base, "--report", str(report)]
+    assert perfcheck.main([*args, "--current", same]) == 0
+    assert "**PASS**" in report.read_text()
+    assert perfcheck.main([*args, "--current", slow]) == 1
+    text = report.read_text()
+    assert "**FAIL**" in text and NAMES[0] in text and "throughput" in text
+    assert perfcheck.main([*args, "--current", fat]) == 1
+    assert "peak memory" in report.read_text()
+
+
+def test_cli_refuses_another_machine(tmp_path: Path, baseline):
+    base = write(tmp_path / "baseline.json", baseline)
+    other = write(tmp_path / "other.json", run_json(machine="cuda-nvidia-h200"))
+    assert perfcheck.main(["check", "--baseline", base, "--current", other, "--report", str(tmp_path / "r.md")]) == 2
+
+
+def test_cli_without_a_baseline_says_how_to_make_one(tmp_path: Path, capsys):
+    rc = perfcheck.main(["check", "--root", str(tmp_path), "--current", write(tmp_path / "c.json", run_json())])
+    assert rc == 2
+    assert "make perf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("AMD EPYC", "amd-epyc"),
+    ("Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "intel-xeon-platinum-8375c"),
+    ("NVIDIA H200", "nvidia-h200"),
+    ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", "nvidia-h100-80gb-hbm3-mig-1g-10gb"),
+])
+def test_slug(name, expected):
+    assert perfcheck.slug(name) == expected
+
+
+def test_machine_id_is_stable():
+    a, b = perfcheck.machine_id("cpu"), perfcheck.machine_id("cpu")
+    assert a == b and a.startswith("cpu-") and a.endswith(f"-{perfcheck.usable_cpus()}c")
