@@ -1,7 +1,9 @@
 """Run specs and sweeps: frozen dataclasses, one YAML per sweep, ``key=value`` overrides.
 
 Unknown keys are errors with a "did you mean". No default depends on the
-environment except the device.
+environment except the device, and ``mode: auto``, which follows it: ``probe``
+(frozen encoder, cached spans) on a CPU, ``finetune`` on CUDA. The resolved mode
+is what the spec, the run_id and the tables hold.
 """
 from __future__ import annotations
 
@@ -333,8 +335,19 @@ def load_sweep(path_or_task: str, overrides: list[str] = (), profile: str | None
         keys, value = parse_override(text)
         _set(data, keys, value)
     sweep = _build(Sweep, data, path.name)
+    if sweep.mode == "auto":
+        sweep = dataclasses.replace(sweep, mode=auto_mode(sweep.device))
     validate(sweep)
     return sweep
+
+
+def auto_mode(device: str) -> str:
+    """``probe`` on a CPU (end-to-end fine-tuning of every cell does not fit there), ``finetune`` on CUDA."""
+    import torch
+
+    if device == "auto":
+        return "finetune" if torch.cuda.is_available() else "probe"
+    return "finetune" if str(device).startswith("cuda") else "probe"
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -347,7 +360,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
 
 def validate(sweep: Sweep) -> None:
     if sweep.mode not in MODES:
-        raise ConfigError(f"mode must be one of {MODES}, got {sweep.mode!r}")
+        raise ConfigError(f"mode must be one of {(*MODES, 'auto')}, got {sweep.mode!r}")
     if not sweep.strategies:
         raise ConfigError("the sweep names no strategies (strategies: [...] is empty)")
     for b in sweep.budgets:

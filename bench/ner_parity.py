@@ -245,12 +245,27 @@ def main(argv: list[str] | None = None) -> int:
         "env": {k: v for k, v in environment(device).items() if k in ("device", "threads", "versions", "cpu")},
         "transformers": transformers.__version__, "data_label": "silver",
     }
+    result["targets"] = targets(result, ref)
     out_dir = Path(args.out)
     atomic_write_text(out_dir / "parity.json", json.dumps(result, indent=1, default=str) + "\n")
     md = render(result, ref)
     atomic_write_text(out_dir / "parity.md", md)
     print(md)
-    return 0
+    return 0 if all(t["pass"] for t in result["targets"]) else 1
+
+
+F1_TOLERANCE_POINTS = 0.5  # the issue's bar: entity-level F1 within 0.5 points of the pipeline's
+MIN_SPEEDUP = 2.0  # ... and at least twice its throughput
+
+
+def targets(r: dict[str, Any], ref: str) -> list[dict[str, Any]]:
+    """The parity bars, checked against what was measured (the verdicts, not prose)."""
+    out = [{"what": f"|strict entity F1 (ours) - F1 ({ref})| <= {F1_TOLERANCE_POINTS} points",
+            "value": abs(r["f1_diff_points_strict"]), "pass": abs(r["f1_diff_points_strict"]) <= F1_TOLERANCE_POINTS}]
+    for name, x in r["speedup_vs"].items():
+        out.append({"what": f"throughput (ours) / throughput ({name}) >= {MIN_SPEEDUP}", "value": x,
+                    "pass": x >= MIN_SPEEDUP})
+    return out
 
 
 def repair_orphans(tags: list[str]) -> list[str]:
@@ -276,6 +291,8 @@ def render(r: dict[str, Any], ref: str) -> str:
                     f"{s['f1_lenient']:.4f} | {secs_txt} | {wps} | {speed} |")
     t = r["train"]
     table = "\n".join(rows)
+    verdicts = "\n".join(f"- **{'PASS' if x['pass'] else 'FAIL'}**: {x['what']} (measured {x['value']:.2f})"
+                         for x in r.get("targets", []))
     speeds = list(r["speedup_vs"].values())
     name = r["model"].rsplit("/", 1)[-1]
     return f"""# NER peer parity: ctxbench sliding vs the Hugging Face pipeline (news_silver, **silver** labels)
@@ -295,6 +312,10 @@ tokens with {r['overlap']} overlap (step {r['step']}; the pipeline's `stride={r[
 **Entity F1 difference (ours minus `{ref}`): {r['f1_diff_points_strict']:+.2f} points strict IOB2,
 {r['f1_diff_points_lenient']:+.2f} points lenient.** Throughput: ours is **{r['speedup_vs'][ref]:.2f}x** the
 default pipeline and **{speeds[-1]:.2f}x** the pipeline batched like ours.
+
+Targets (checked by the script; exit code 1 when one fails):
+
+{verdicts}
 
 Where the two differ ({r['words_differing']} of {r['words']} words, {r['words_differing_in_overlaps']} of them in
 window overlaps):

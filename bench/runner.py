@@ -150,6 +150,12 @@ def run_cell(spec: RunSpec, ctx: Context, task, env: dict[str, Any], oom_retries
         return {**base, "status": out.status, "error": out.error, "traceback": out.traceback}, []
     res = out.result
     measurements = {**res.measurements, **out.memory, "wall_s": out.wall_s}
+    peak = (env.get("matmul_calibration") or {}).get("gflops")
+    if peak and "model_flops" in measurements:  # real-token FLOPs per second as a share of the measured peak
+        from .flops import utilisation
+
+        measurements["utilisation"] = utilisation(measurements["model_flops"],
+                                                  measurements.get("inference_seconds", 0.0), peak)
     return {**base, "status": "ok", "budget": res.info.get("budget", spec.budget), "metrics": res.metrics,
             "measurements": measurements, "info": res.info}, res.predictions
 
@@ -212,6 +218,34 @@ def _store_notes(root: Path, task: str) -> list[str]:
     return notes
 
 
+def _calibration(ctx: Context) -> dict[str, Any] | None:
+    """The device's matmul rate, measured once per process and sweep, in the dtype the model runs in:
+    the denominator of every run's "utilisation" (bench/flops.py)."""
+    from .flops import calibrate
+
+    if "matmul_calibration" not in ctx.memo:
+        try:
+            ctx.memo["matmul_calibration"] = calibrate(ctx.device, min_run_time=0.2)
+        except RuntimeError as e:  # a device that cannot hold the operands: utilisation is simply absent
+            ctx.memo["matmul_calibration"] = {"error": str(e)}
+    return ctx.memo["matmul_calibration"]
+
+
+def run_line(spec: RunSpec, record: dict[str, Any]) -> str:
+    """One line per finished run: the metric, then the cost and how well the device was used."""
+    m, x = record["metrics"], record["measurements"]
+    main = record["main_metric"]
+    parts = [f"{main} {m[main]:.3f}", f"{x.get('docs_per_s', 0):.1f} docs/s",
+             f"{x.get('tokens_per_s', 0):.0f} real tokens/s"]
+    if "utilisation" in x:
+        parts.append(f"utilisation {100 * x['utilisation']:.1f}%")
+    if "padding_waste" in x:
+        parts.append(f"padding waste {100 * x['padding_waste']:.1f}%")
+    if x.get("peak_memory_mb"):
+        parts.append(f"peak {x['peak_memory_mb']:.0f} MB")
+    return f"[ok] {cell_label(spec)}: " + ", ".join(parts)
+
+
 def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context | None = None,
               progress: bool = True, *, isolate: bool = False, oom_retries: int = 0,
               deterministic: bool = False, executor=None) -> GridSummary:
@@ -238,7 +272,8 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
     for note in summary.notes:
         tqdm.write(note)
     done = done_ids(path)
-    env = {**environment(ctx.device), "determinism": determinism_record()}
+    env = {**environment(ctx.device), "determinism": determinism_record(),
+           "matmul_calibration": _calibration(ctx)}
     cells = sweep.cells()
     ctx.memo["cells"] = cells  # lets a task plan shared work (e.g. one encoding pass per budget)
     from .executors import LocalExecutor
@@ -263,6 +298,7 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
                     summary.skipped += 1  # another process recorded it meanwhile
                 elif record["status"] == "ok":
                     summary.ran += 1
+                    tqdm.write(run_line(spec, record))
                 else:
                     summary.failed.append((cell_label(spec), record["status"], record["error"]))
                     tqdm.write(f"[{record['status']}] {cell_label(spec)}: {record['error']}")
@@ -279,5 +315,5 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
     return summary
 
 
-__all__ = ["GridSummary", "Outcome", "attempt", "cell_label", "halve_batch", "is_oom", "run_cell", "run_sweep",
+__all__ = ["GridSummary", "Outcome", "attempt", "cell_label", "run_line", "halve_batch", "is_oom", "run_cell", "run_sweep",
            "scan_jsonl", "spec_record"]

@@ -32,6 +32,9 @@ COLUMNS = {
     "peak_memory_mb": ("peak memory MB", "{:.0f}"),
     "compute_multiplier": ("tokens vs head", "{:.2f}"),
     "coverage": ("coverage", "{:.2f}"),
+    "utilisation": ("utilisation (real-token FLOPs/s over the measured matmul peak)", "{:.1%}"),
+    "padding_waste": ("padding waste", "{:.1%}"),
+    "select_seconds_test": ("sentence selection seconds (test set, apart from model time)", "{:.2f}"),
 }
 # Measurements the report plots besides COLUMNS (cost axes of the Pareto plots).
 EXTRA_MEASURES = ("real_tokens", "latency_p50_ms", "latency_p95_ms")
@@ -465,8 +468,8 @@ def leaderboard(runs: Iterable[dict[str, Any]], root: str | Path | None = None, 
                     & df["mode"].eq(group["mode"].iloc[0]) & df["data_label"].eq(group["data_label"].iloc[0])]
         stat = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
         for column, (heading, cfmt) in COLUMNS.items():
-            if column == "metric" or runs_g[column].isna().all():
-                continue
+            if column == "metric" or runs_g[column].isna().all() or not runs_g[column].fillna(0).any():
+                continue  # absent from these runs, or zero for all (e.g. no selection strategy)
             sections.append(Section(f"{title} — {heading} ({stat})", pivot(runs_g, column, cfmt), "", gid, column))
     for n in notes:
         warnings.warn(n, stacklevel=2)

@@ -5,7 +5,7 @@ To add one: write ``strategies/<name>.py`` with a frozen dataclass decorated by
 import it below, and add a test in ``tests/test_strategies.py``.
 """
 from . import (  # noqa: F401  (registration)
-    adaptive, head, head_select, head_tail, hierarchical, query_select, random_select, sliding, tail, textrank,
+    adaptive, full, head, head_select, head_tail, hierarchical, query_select, random_select, sliding, tail, textrank,
     tfidf_select,
 )
 from .base import (

@@ -14,9 +14,11 @@ CAP_POLICIES = ("even", "first")
 class Sliding:
     """Windows of ``window`` tokens moved by ``step``; predictions pooled.
 
-    ``overlap = window - step``. Hugging Face's tokenizer ``stride`` is the
-    overlap; Google's BERT ``doc_stride`` is the step: pass ``step`` here.
-    ``window``/``step`` default to the budget and half of it (``None``).
+    ``overlap = window - step``: give one of ``step`` or ``overlap``. Hugging
+    Face's tokenizer ``stride`` (and its QA pipeline's ``doc_stride``) is the
+    overlap: pass it as ``overlap``; Google's BERT ``doc_stride`` is the step:
+    pass it as ``step``. ``window`` defaults to the budget, the step to half the
+    window (``None``).
     ``max_windows`` caps windows per document; ``cap_policy`` says which are
     kept: ``even`` keeps evenly spaced windows including first and last,
     ``first`` keeps the leading ones. ``allow_gaps`` permits ``step > window``.
@@ -24,6 +26,7 @@ class Sliding:
 
     window: int | None = None
     step: int | None = None
+    overlap: int | None = None
     pool: str = "mean"
     pool_over: str = "logits"
     max_windows: int | None = None
@@ -46,10 +49,20 @@ class Sliding:
             v = getattr(self, key)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"sliding: {key} must be an integer >= 1, got {v!r}")
+        if self.overlap is not None:
+            if self.step is not None:
+                raise ConfigError("sliding: give step or overlap (= window - step), not both")
+            if not isinstance(self.overlap, int) or self.overlap < 0:
+                raise ConfigError(f"sliding: overlap must be an integer >= 0, got {self.overlap!r}")
 
     def sizes(self, budget: int) -> tuple[int, int]:
         window = min(self.window or budget, budget)
-        step = self.step or max(1, window // 2)
+        if self.overlap is not None:
+            if self.overlap >= window:
+                raise ConfigError(f"sliding: overlap {self.overlap} must be < the window ({window} tokens)")
+            step = window - self.overlap
+        else:
+            step = self.step or max(1, window // 2)
         if step > window and not self.allow_gaps:
             raise ConfigError(
                 f"sliding: step {step} > window {window} leaves tokens unseen; set allow_gaps=true to permit it"

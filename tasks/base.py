@@ -11,8 +11,9 @@ outputs back into one prediction per example and scores them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
+import numpy as np
 import torch
 
 from strategies import ConfigError, did_you_mean
@@ -29,6 +30,49 @@ def length_bucket(n: int, budget: int) -> str:
     if n <= 4 * budget:
         return "2b-4b"
     return ">4b"
+
+
+def covered(ws: Sequence[Sequence[tuple[int, int]]]) -> int:
+    """Distinct document tokens a document's windows saw (overlaps counted once)."""
+    spans = sorted(s for w in ws for s in w)
+    total, end = 0, 0
+    for s, e in spans:
+        if e > end:
+            total += e - max(s, end)
+            end = e
+    return total
+
+
+def cost_measures(input_lengths: Sequence[Sequence[int]], doc_tokens: Sequence[int], head_tokens: Sequence[int],
+                  seen_tokens: Sequence[int], per_doc_s: np.ndarray, padded: int, config: Any = None) -> dict[str, Any]:
+    """The cost fields every task records, one definition for all. ``input_lengths[d]``: the real
+    length (special and question tokens included, padding not) of each model input document d
+    made; ``head_tokens[d]``: what ``head`` at the same budget would feed; ``seen_tokens[d]``:
+    distinct document tokens its windows covered. With the model ``config``, ``model_flops`` is
+    the forward FLOPs of those real tokens (bench/flops.py): the runner turns it into a share of
+    the device's measured matmul peak ("utilisation")."""
+    tokens = np.array([sum(x) for x in input_lengths], dtype=float)
+    total = float(np.sum(per_doc_s))
+    docs = len(input_lengths)
+    out = {
+        "docs": int(docs),
+        "docs_per_s": docs / max(total, 1e-12),
+        "tokens_per_s": float(tokens.sum()) / max(total, 1e-12),
+        "real_tokens": int(tokens.sum()),
+        "padded_tokens": int(padded),
+        "padding_waste": 1.0 - float(tokens.sum()) / max(1, padded),
+        "latency_p50_ms": float(np.percentile(per_doc_s, 50) * 1e3) if docs else 0.0,
+        "latency_p95_ms": float(np.percentile(per_doc_s, 95) * 1e3) if docs else 0.0,
+        "windows_per_doc": float(np.mean([len(x) for x in input_lengths])) if docs else 0.0,
+        "compute_multiplier": float(tokens.sum() / max(1, float(np.sum(head_tokens)))),
+        "coverage": float(np.sum(seen_tokens) / max(1, float(np.sum(doc_tokens)))),
+        "inference_seconds": total,
+    }
+    if config is not None and hasattr(config, "num_hidden_layers"):
+        from bench.flops import forward_flops
+
+        out["model_flops"] = forward_flops(config, [L for x in input_lengths for L in x])
+    return out
 
 
 @dataclass
@@ -89,5 +133,6 @@ def task_names() -> list[str]:
     return sorted(_TASKS)
 
 
-__all__ = ["CellResult", "ConfigError", "Context", "LENGTH_BUCKETS", "Task", "get_task", "length_bucket",
+__all__ = ["CellResult", "ConfigError", "Context", "LENGTH_BUCKETS", "Task", "cost_measures", "covered", "get_task",
+           "length_bucket",
            "register_task", "task_names"]

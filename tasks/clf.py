@@ -32,7 +32,7 @@ from bench.store import cache_dir, content_hash, file_hash
 from strategies import ConfigError, Window, needs, window_len
 from strategies.select import timed_windows
 
-from .base import LENGTH_BUCKETS, CellResult, Context, length_bucket, register_task
+from .base import LENGTH_BUCKETS, CellResult, Context, cost_measures, covered, length_bucket, register_task
 from .sources import load_clf, sample
 
 SPLITS = ("train", "val", "test")
@@ -599,24 +599,9 @@ class Classification:
     def measure(self, spec, enc, data, windows, budget, per_doc_s, padded_tokens) -> dict[str, Any]:
         special = enc.tokenizer.num_special_tokens_to_add(pair=False)
         n = np.array([len(x) for x in data.ids["test"]])
-        tokens = np.array([sum(window_len(w) + special for w in ws) for ws in windows["test"]])
-        head_tokens = np.minimum(n, budget) + special
-        seen = np.array([_covered(ws) for ws in windows["test"]])
-        total = float(per_doc_s.sum())
-        return {
-            "docs": int(len(n)),
-            "docs_per_s": len(n) / max(total, 1e-12),
-            "tokens_per_s": float(tokens.sum()) / max(total, 1e-12),
-            "real_tokens": int(tokens.sum()),
-            "padded_tokens": int(padded_tokens),
-            "padding_waste": 1.0 - float(tokens.sum()) / max(1, padded_tokens),
-            "latency_p50_ms": float(np.percentile(per_doc_s, 50) * 1e3),
-            "latency_p95_ms": float(np.percentile(per_doc_s, 95) * 1e3),
-            "windows_per_doc": float(np.mean([len(ws) for ws in windows["test"]])),
-            "compute_multiplier": float(tokens.sum() / head_tokens.sum()),
-            "coverage": float(seen.sum() / max(1, n.sum())),
-            "inference_seconds": total,
-        }
+        return cost_measures([[window_len(w) + special for w in ws] for ws in windows["test"]], n,
+                             np.minimum(n, budget) + special, [covered(ws) for ws in windows["test"]], per_doc_s,
+                             padded_tokens, getattr(enc.model, "config", None))
 
     def result(self, spec, enc, data, windows, budget, scores, measurements, head) -> CellResult:
         y = np.array(data.y["test"])
@@ -638,16 +623,6 @@ class Classification:
         info = {"budget": budget, "attn_implementation": enc.attn_implementation, "dtype": enc.dtype,
                 "labels": len(data.labels), **data.counts}
         return CellResult(metrics, measurements, preds, info)
-
-
-def _covered(ws: list[Window]) -> int:
-    spans = sorted(s for w in ws for s in w)
-    total, end = 0, 0
-    for s, e in spans:
-        if e > end:
-            total += e - max(s, end)
-            end = e
-    return total
 
 
 def _even(ws: list, k: int) -> list:

@@ -88,8 +88,8 @@ from strategies import ConfigError, DocView, Window, needs, window_len
 from strategies.base import positions
 
 from . import qa_data
-from .base import LENGTH_BUCKETS, CellResult, Context, length_bucket, register_task
-from .clf import _covered, model_key
+from .base import LENGTH_BUCKETS, CellResult, Context, cost_measures, covered, length_bucket, register_task
+from .clf import model_key
 from .squad_metric import exact_match, f1 as squad_f1, squad_scores
 
 FOLD_DEFAULTS = {"hierarchical": "null_margin"}  # everything else: max_logit_sum
@@ -761,7 +761,8 @@ class ExtractiveQA:
                           "bucket": length_bucket(it.n, b), "window": choice.window, "score": choice.score,
                           "spans": [list(map(list, w)) for w in ws]})
         metrics = self.metrics(preds, rows, cfg.context_paragraphs)
-        measurements = self.measure(rows, windows, budgets, np.array(per_row_s), padded, pair_special)
+        measurements = self.measure(rows, windows, budgets, np.array(per_row_s), padded, pair_special,
+                                    getattr(ft.model, "config", None))
         measurements.update(encode_wall_s=encode_wall, windows_encoded_now=len(missing),
                             window_cache_hits=sum(len(k) for k in keys) - len(missing),
                             train_wall_s_this_cell=train_wall, inference_batch_size=spec.batch_size,
@@ -813,29 +814,13 @@ class ExtractiveQA:
 
     @staticmethod
     def measure(rows: list[Item], windows: list[list[Window]], budgets: list[int], per_row_s: np.ndarray,
-                padded: int, pair_special: int) -> dict[str, Any]:
+                padded: int, pair_special: int, config: Any = None) -> dict[str, Any]:
         """clf's measurement fields; a "doc" is one (k, question) and its tokens include the question."""
         n = np.array([it.n for it in rows])
         q = np.array([len(it.q_ids) for it in rows])
-        tokens = np.array([sum(window_len(w) + len(it.q_ids) + pair_special for w in ws)
-                           for it, ws in zip(rows, windows)])
-        head = np.minimum(n, np.array(budgets)) + q + pair_special
-        seen = np.array([_covered(ws) for ws in windows])
-        total = float(per_row_s.sum())
-        return {
-            "docs": int(len(rows)),
-            "docs_per_s": len(rows) / max(total, 1e-12),
-            "tokens_per_s": float(tokens.sum()) / max(total, 1e-12),
-            "real_tokens": int(tokens.sum()),
-            "padded_tokens": int(padded),
-            "padding_waste": 1.0 - float(tokens.sum()) / max(1, padded),
-            "latency_p50_ms": float(np.percentile(per_row_s, 50) * 1e3) if len(rows) else 0.0,
-            "latency_p95_ms": float(np.percentile(per_row_s, 95) * 1e3) if len(rows) else 0.0,
-            "windows_per_doc": float(np.mean([len(ws) for ws in windows])) if rows else 0.0,
-            "compute_multiplier": float(tokens.sum() / max(1, head.sum())),
-            "coverage": float(seen.sum() / max(1, n.sum())),
-            "inference_seconds": total,
-        }
+        return cost_measures([[window_len(w) + len(it.q_ids) + pair_special for w in ws]
+                              for it, ws in zip(rows, windows)], n, np.minimum(n, np.array(budgets)) + q + pair_special,
+                             [covered(ws) for ws in windows], per_row_s, padded, config)
 
     # ------------------------------------------------------------ per-k tables
 

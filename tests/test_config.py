@@ -50,3 +50,10 @@ def test_unknown_profile_and_sweep():
 def test_strategy_labels_carry_parameters():
     assert parse_strategy("head").label == "head"
     assert parse_strategy({"name": "sliding", "pool": "max"}).label == "sliding[pool=max]"
+
+
+@pytest.mark.parametrize("device,mode", [("cpu", "probe"), ("cuda", "finetune"), ("cuda:1", "finetune")])
+def test_auto_mode_follows_the_device_and_is_resolved_in_the_spec(device, mode):
+    sweep = load_sweep("clf", ["mode=auto", f"device={device}"])
+    assert sweep.mode == mode and {c.mode for c in sweep.cells()} == {mode}
+    assert load_sweep("clf", ["mode=finetune", f"device={device}"]).mode == "finetune"  # explicit wins

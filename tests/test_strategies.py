@@ -57,6 +57,18 @@ def test_sliding_window_step_overlap(n, window, step):
         assert covered(ws) == set(range(n))
 
 
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 3000), window=st.integers(1, 300), overlap=st.integers(0, 299))
+def test_overlap_is_hugging_face_stride_and_step_is_google_doc_stride(n, window, overlap):
+    """``overlap`` (HF tokenizer ``stride``) and ``step`` (Google ``doc_stride``) name one window layout."""
+    if overlap >= window:
+        return
+    by_overlap = S.build("sliding", window=window, overlap=overlap).windows(n, 512)
+    assert by_overlap == S.build("sliding", window=window, step=window - overlap).windows(n, 512)
+    for a, b in zip(by_overlap[:-2], by_overlap[1:-1]):  # neighbours share exactly `overlap` tokens
+        assert a[0][1] - b[0][0] == overlap
+
+
 def test_head_tail_sun_et_al_split():
     (w,) = S.build("head_tail").windows(10_000, 510)
     assert w == ((0, 128), (10_000 - 382, 10_000))
@@ -104,6 +116,9 @@ def test_budget_below_one_rejected(name, budget):
     ({"pool": "median"}, "pool must be one of"),
     ({"pool": "vote", "pool_over": "embeddings"}, "vote"),
     ({"max_windows": 0}, "max_windows"),
+    ({"step": 10, "overlap": 5}, "not both"),
+    ({"overlap": -1}, "overlap must be an integer >= 0"),
+    ({"window": 64, "overlap": 64}, "must be < the window"),
 ])
 def test_sliding_bad_parameters(params, match):
     with pytest.raises(ConfigError, match=match):
@@ -131,3 +146,9 @@ def test_unknown_strategy_and_parameter_list_valid_names():
 def test_duplicate_registration_raises():
     with pytest.raises(ValueError, match="already registered"):
         S.register("head")(type("Again", (), {}))
+
+
+def test_full_reads_the_whole_document_and_cuts_only_beyond_the_budget():
+    full = S.build("full")
+    assert full.windows(3000, 8192) == [((0, 3000),)]
+    assert full.windows(9000, 8192) == [((0, 8192),)]  # cut at the budget: coverage < 1 in the run record

@@ -1,0 +1,53 @@
+"""The pure helpers of the peer-parity scripts: pipeline output -> word tags, orphan repair,
+Hugging Face's window placement, and the PASS/FAIL targets checked against measurements."""
+from __future__ import annotations
+
+from bench.ner_parity import entities_to_tags, orphans, repair_orphans, targets as ner_targets
+from bench.qa_parity import hf_windows, targets as qa_targets
+from strategies import build
+
+
+def test_pipeline_entities_map_to_word_bio_tags():
+    words = ["Barack", "Obama", "visited", "New", "York", "today"]
+    text = " ".join(words)
+    ents = [{"entity_group": "PER", "start": 0, "end": text.index(" visited")},
+            {"entity_group": "LOC", "start": text.index("New"), "end": text.index(" today")}]
+    assert entities_to_tags(ents, words) == ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"]
+    # a span that covers part of a word tags the whole word; a word keeps the tag of the earliest span
+    part = [{"entity_group": "LOC", "start": text.index("ork"), "end": text.index(" today")},
+            {"entity_group": "ORG", "start": text.index("York"), "end": len(text)}]
+    assert entities_to_tags(part, words) == ["O", "O", "O", "O", "B-ORG", "I-ORG"]
+    assert entities_to_tags(part[:1], words) == ["O", "O", "O", "O", "B-LOC", "O"]
+
+
+def test_orphan_inside_tags_are_counted_and_repaired_like_group_entities():
+    tags = ["O", "I-PER", "I-PER", "B-LOC", "I-ORG", "O"]
+    assert orphans([tags]) == 2
+    assert repair_orphans(tags) == ["O", "B-PER", "I-PER", "B-LOC", "B-ORG", "O"]
+    assert orphans([repair_orphans(tags)]) == 0
+
+
+def test_hf_windows_start_at_multiples_of_the_step_and_end_short():
+    assert hf_windows(10, 4, 1) == [((0, 4),), ((3, 7),), ((6, 10),)]
+    assert hf_windows(11, 4, 1) == [((0, 4),), ((3, 7),), ((6, 10),), ((9, 11),)]  # short last window
+    assert hf_windows(3, 4, 1) == [((0, 3),)]
+    # ctxbench's sliding with the same overlap aligns a full-length last window to the end instead
+    assert build("sliding", window=4, overlap=1).windows(11, 4)[-1] == ((7, 11),)
+
+
+def test_ner_targets_fail_on_a_wide_f1_gap_or_a_slow_tagger():
+    r = {"f1_diff_points_strict": -0.3, "speedup_vs": {"pipeline": 2.5, "pipeline batched": 2.1}}
+    assert all(t["pass"] for t in ner_targets(r, "pipeline"))
+    assert not ner_targets({**r, "f1_diff_points_strict": 0.8}, "pipeline")[0]["pass"]
+    slow = ner_targets({**r, "speedup_vs": {"pipeline": 2.5, "pipeline batched": 1.4}}, "pipeline")
+    assert [t["pass"] for t in slow] == [True, True, False]
+
+
+def test_qa_targets_weight_agreement_by_questions():
+    p = {"rows": [{"questions": 300, "same_answer_pct": 99.0}, {"questions": 100, "same_answer_pct": 95.0}],
+         "speed": [{"k": 0, "ratio": 3.0}, {"k": 2, "ratio": 1.9}]}
+    t = qa_targets(p)
+    assert t[0]["value"] == (300 * 99.0 + 100 * 95.0) / 400 and t[0]["pass"]  # 98.0 exactly passes
+    assert [x["pass"] for x in t[1:]] == [True, False]
+    p["rows"][1]["same_answer_pct"] = 94.0
+    assert not qa_targets(p)[0]["pass"]
