@@ -29,6 +29,12 @@ def _bench(args: argparse.Namespace) -> int:
           f"= {len(sweep.strategies)} strategies x {len(sweep.budgets)} budgets x {len(sweep.seeds)} seeds")
     from .executors import make_executor
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)  # pinned for the whole sweep; every run line records it
     executor = make_executor(args.executor, args.address)
     summary = run_sweep(sweep, args.results, progress=not args.quiet, isolate=args.isolate,
                         oom_retries=args.oom_retries, deterministic=args.deterministic, executor=executor)
@@ -106,6 +112,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--oom-retries", type=int, default=0,
                    help="retry an out-of-memory cell up to N times with its batch sizes halved (default 0)")
     b.add_argument("--deterministic", action="store_true", help="ask torch for deterministic kernels")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for the sweep (default: torch's, i.e. the usable cores); recorded per run")
     b.set_defaults(func=_bench)
     t = sub.add_parser("table", help="regenerate leaderboard.md/.csv from runs.jsonl alone")
     t.add_argument("task", nargs="?")

@@ -708,9 +708,6 @@ class ExtractiveQA:
         tok = base.tokenizer
         pair_special = check_sizes(tok, base.max_positions, spec.budget, cfg.max_question_tokens)
         strategy = spec.strategy.build()
-        if needs(strategy):
-            raise ConfigError(f"qa: strategy {spec.strategy.name!r} needs {needs(strategy)}; QA supports the span "
-                              f"strategies (head, tail, head_tail, sliding, hierarchical)")
         rule = fold_rule(spec.strategy.name, cfg.fold)
         mkey = ctx.get(("qa-model-key", spec.model), lambda: model_key(base))
         eval_key = (spec.dataset, spec.data_seed, spec.limits.test, tuple(map(str, cfg.context_paragraphs)),
@@ -733,7 +730,10 @@ class ExtractiveQA:
         rows = data.rows(cfg.context_paragraphs)
         budgets = [usable_budget(tok, base.max_positions, spec.budget, pair=True, question_len=len(it.q_ids))
                    for it in rows]
-        windows = [strategy.windows(it.n, b, DocView(query=it.question, key=it.id)) for it, b in zip(rows, budgets)]
+        t_select = time.perf_counter()
+        views = self.views(strategy, rows, tok)
+        windows = [strategy.windows(it.n, b, v) for it, b, v in zip(rows, budgets, views)]
+        select_s = time.perf_counter() - t_select
         keys = [[(str(it.k), it.id, w) for w in ws] for it, ws in zip(rows, windows)]
         missing = [k for k in dict.fromkeys(x for ks in keys for x in ks) if k not in cache]
         by_key = {(str(it.k), it.id): it for it in rows}
@@ -763,7 +763,8 @@ class ExtractiveQA:
         metrics = self.metrics(preds, rows, cfg.context_paragraphs)
         measurements = self.measure(rows, windows, budgets, np.array(per_row_s), padded, pair_special,
                                     getattr(ft.model, "config", None))
-        measurements.update(encode_wall_s=encode_wall, windows_encoded_now=len(missing),
+        measurements.update(select_seconds_test=select_s if needs(strategy) else 0.0,
+                            encode_wall_s=encode_wall, windows_encoded_now=len(missing),
                             window_cache_hits=sum(len(k) for k in keys) - len(missing),
                             train_wall_s_this_cell=train_wall, inference_batch_size=spec.batch_size,
                             cpu_s=time.process_time() - cpu0,
@@ -811,6 +812,18 @@ class ExtractiveQA:
                 out[f"bucket[{b}].f1"] = float(np.mean([p["f1"] for p in sb]))
                 out[f"bucket[{b}].exact_match"] = float(np.mean([p["exact_match"] for p in sb]))
         return out
+
+    @staticmethod
+    def views(strategy, rows: list[Item], tokenizer) -> list[DocView]:
+        """What a strategy may read besides the context length: the question (``query_select``
+        ranks the context's sentences by BM25 against it) and, for selection strategies, the
+        context's sentence spans, split once per row with the task's own tokenizer."""
+        if not needs(strategy):
+            return [DocView(query=it.question, key=it.id) for it in rows]
+        from .sentences import doc_views
+
+        return doc_views([it.context for it in rows], tokenizer, queries=[it.question for it in rows],
+                         keys=[f"{it.k}:{it.id}" for it in rows], lengths=[it.n for it in rows])
 
     @staticmethod
     def measure(rows: list[Item], windows: list[list[Window]], budgets: list[int], per_row_s: np.ndarray,

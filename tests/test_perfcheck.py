@@ -202,3 +202,24 @@ def test_slug(name, expected):
 def test_machine_id_is_stable():
     a, b = perfcheck.machine_id("cpu"), perfcheck.machine_id("cpu")
     assert a == b and a.startswith("cpu-") and a.endswith(f"-{perfcheck.usable_cpus()}c")
+
+
+def test_the_real_suite_runs_and_its_output_passes_against_itself(tmp_path):
+    """The pytest-benchmark suite itself (bench/perf), on the tiny random model: every benchmark
+    writes the fields perf-check reads, and a run compared with itself passes."""
+    from bench.perfcheck import benches, check, run_suite
+
+    out = tmp_path / "latest.json"
+    rc = run_suite(out, "cpu", ["--perf-model=tiny", "--perf-docs=300,90", "--perf-budgets=32",
+                                "--perf-rounds=1", "--perf-warmup=0", "--perf-threads=1"])
+    assert rc == 0 and out.exists()
+    data = json.loads(out.read_text())
+    found = benches(data)
+    assert {n.split("[")[0] for n in found} == {"test_infer", "test_finetune_step"}
+    assert len([n for n in found if n.startswith("test_infer")]) == 5  # 5 strategies x 1 budget
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        assert info["real_tokens"] > 0 and info["padded_tokens"] >= info["real_tokens"]
+        assert 0 < info["utilisation"] and info["peak_memory_mb"] > 0 and info["calib_gflops"] > 0
+    assert data["machine_info"]["ctxbench"]["machine_id"]
+    assert check(data, data).ok

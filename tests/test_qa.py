@@ -305,3 +305,30 @@ def test_end_to_end_on_packaged_model_and_data(tmp_path, monkeypatch):
         assert r["info"]["k[2]"]["n_misaligned_shifted"] == 0 and r["info"]["k[0]"]["n_misaligned_source"] == 15
     sliding = next(r for r in runs if r["spec"]["strategy"]["name"] == "sliding")
     assert sliding["metrics"]["answer_reachable"] == 100.0
+
+
+def test_query_select_ranks_context_sentences_against_the_question(tiny_model, tmp_path, cache_env):
+    """query_select on QA: BM25 of the context's sentences against the question keeps the answer's
+    sentence (placed last, out of head's reach) inside a budget that holds two sentences."""
+    fillers = ["the river runs slowly past old mills.", "farmers sell apples at the market.",
+               "snow covers the hills in winter.", "a small train crosses the valley daily.",
+               "children play football near the school."]
+    data = []
+    for a, (country, city) in enumerate([("zorbia", "quenta"), ("meloria", "darvik"), ("tesland", "omvar")]):
+        ctx = " ".join(fillers[a:] + fillers[:a]) + f" the capital of {country} is {city}."
+        q = {"id": f"q{a}", "question": f"what is the capital of {country}?",
+             "answers": [{"text": city, "answer_start": ctx.rindex(city)}]}
+        data.append({"title": country, "paragraphs": [{"context": ctx, "qas": [q]}]})
+    test = tmp_path / "test.json"
+    test.write_text(json.dumps({"data": data}))
+    train = squad_json(tmp_path / "train.json", 2, 2)
+    summary = run(qa_sweep(tiny_model, str(test), train, "strategies=[head, query_select]", "budgets=[20]",
+                           "qa.context_paragraphs=[0]"), tmp_path / "r")
+    assert summary.ok, summary.failed
+    got = {r["spec"]["strategy"]["name"]: r for r in read_jsonl(tmp_path / "r" / "qa" / "runs.jsonl")}
+    assert got["head"]["metrics"]["answer_reachable"] == 0.0
+    assert got["query_select"]["metrics"]["answer_reachable"] == 100.0
+    assert got["query_select"]["measurements"]["select_seconds_test"] > 0
+    rows = [json.loads(x) for x in (tmp_path / "r" / "qa" / got["query_select"]["predictions_file"]).read_text()
+            .splitlines()]
+    assert all(len(x["spans"][0]) >= 1 and sum(e - s for s, e in x["spans"][0]) <= 20 for x in rows)

@@ -355,4 +355,7 @@ def test_same_config_and_seed_give_identical_metrics_on_cpu(tiny_model, tiny_dat
         first[mode] = a
     c = once("other-sample", "probe", "data_seed=1")
     assert c["predictions_sha"] != first["probe"]["predictions_sha"]
+    # and the seed is really used: another seed (init, dropout, order) gives other predictions
+    d = once("other-seed", "finetune", "seeds=[4]")
+    assert d["predictions_sha"] != first["finetune"]["predictions_sha"]
     assert set(c["env"]["determinism"]) >= {"deterministic_algorithms", "cudnn_deterministic", "cuda_matmul_tf32"}
