@@ -246,14 +246,3 @@ def run(args: argparse.Namespace) -> int:
     if c.table.empty and not c.regressions:
         return 2
     return 0 if c.ok else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ctxbench compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

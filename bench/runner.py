@@ -150,12 +150,12 @@ def run_cell(spec: RunSpec, ctx: Context, task, env: dict[str, Any], oom_retries
         return {**base, "status": out.status, "error": out.error, "traceback": out.traceback}, []
     res = out.result
     measurements = {**res.measurements, **out.memory, "wall_s": out.wall_s}
-    peak = (env.get("matmul_calibration") or {}).get("gflops")
-    if peak and "model_flops" in measurements:  # real-token FLOPs per second as a share of the measured peak
+    if "model_flops" in measurements:  # real-token FLOPs per second as a share of the matmul rate measured now
         from .flops import utilisation
 
-        measurements["utilisation"] = utilisation(measurements["model_flops"],
-                                                  measurements.get("inference_seconds", 0.0), peak)
+        peak = matmul_rate(ctx.device)
+        measurements.update(matmul_gflops=peak, utilisation=utilisation(
+            measurements["model_flops"], measurements.get("inference_seconds", 0.0), peak))
     return {**base, "status": "ok", "budget": res.info.get("budget", spec.budget), "metrics": res.metrics,
             "measurements": measurements, "info": res.info}, res.predictions
 
@@ -218,17 +218,13 @@ def _store_notes(root: Path, task: str) -> list[str]:
     return notes
 
 
-def _calibration(ctx: Context) -> dict[str, Any] | None:
-    """The device's matmul rate, measured once per process and sweep, in the dtype the model runs in:
-    the denominator of every run's "utilisation" (bench/flops.py)."""
-    from .flops import calibrate
+def matmul_rate(device: torch.device) -> float:
+    """The device's matmul rate (GFLOP/s, median of 5 after a warm-up, in the dtype the model runs in),
+    measured right after each cell: on a shared machine the rate moves, so each run's "utilisation"
+    divides by a rate taken next to it, in the same process (bench/flops.py)."""
+    from .flops import Calibrator
 
-    if "matmul_calibration" not in ctx.memo:
-        try:
-            ctx.memo["matmul_calibration"] = calibrate(ctx.device, min_run_time=0.2)
-        except RuntimeError as e:  # a device that cannot hold the operands: utilisation is simply absent
-            ctx.memo["matmul_calibration"] = {"error": str(e)}
-    return ctx.memo["matmul_calibration"]
+    return Calibrator(device).measure(samples=5, warmup=1)
 
 
 def run_line(spec: RunSpec, record: dict[str, Any]) -> str:
@@ -272,8 +268,7 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
     for note in summary.notes:
         tqdm.write(note)
     done = done_ids(path)
-    env = {**environment(ctx.device), "determinism": determinism_record(),
-           "matmul_calibration": _calibration(ctx)}
+    env = {**environment(ctx.device), "determinism": determinism_record()}
     cells = sweep.cells()
     ctx.memo["cells"] = cells  # lets a task plan shared work (e.g. one encoding pass per budget)
     from .executors import LocalExecutor

@@ -32,7 +32,6 @@ import datetime as dt
 import json
 import math
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -309,14 +308,3 @@ def run(args: argparse.Namespace) -> int:
     print(render(df, fits, meta))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ctxbench scale", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

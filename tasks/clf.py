@@ -430,11 +430,14 @@ class Classification:
             t_all = sum(cache.rows[k][1] for k in union)
             t_sliding = sum(cache.rows[k][1] for k in sliding)
             ratio = t_all / max(t_sliding, 1e-12)
+            tok_all, tok_sliding = (sum(window_len(k[2]) for k in keys) for keys in (union, sliding))
             rows.append({"budget": budget, "strategies": sorted(per_strategy), "windows_all": len(union),
-                         "windows_sliding": len(sliding), "encoder_s_all": t_all, "encoder_s_sliding": t_sliding,
-                         "ratio": ratio})
+                         "windows_sliding": len(sliding), "tokens_all": tok_all, "tokens_sliding": tok_sliding,
+                         "token_ratio": tok_all / max(1, tok_sliding), "encoder_s_all": t_all,
+                         "encoder_s_sliding": t_sliding, "ratio": ratio})
             lines.append(f"budget {budget}: encoder time of all {len(per_strategy)} strategies = {ratio:.2f}x one "
-                         f"sliding pass ({t_all:.1f}s vs {t_sliding:.1f}s; {len(union)} vs {len(sliding)} windows)")
+                         f"sliding pass ({t_all:.1f}s vs {t_sliding:.1f}s; {len(union)} vs {len(sliding)} windows, "
+                         f"{tok_all / max(1, tok_sliding):.2f}x its tokens)")
         if rows:
             atomic_write_text(out_dir / "encoder_sharing.json", json.dumps(rows, indent=1) + "\n")
         return lines

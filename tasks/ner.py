@@ -325,6 +325,11 @@ def micro_f1(counts: Sequence[tuple[int, int, int]]) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
+def token_accuracy(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> float:
+    n = sum(len(g) for g in gold)
+    return sum(a == b for g, q in zip(gold, pred) for a, b in zip(g, q)) / n if n else 0.0
+
+
 def seqeval_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
     """Entity-level strict IOB2 micro precision/recall/F1 and per-type F1 (seqeval)."""
     from seqeval.metrics import classification_report
@@ -698,8 +703,7 @@ class NER:
         pred = self.tags(p, preds)
         metrics = seqeval_scores(gold, pred)
         n_words = sum(len(g) for g in gold)
-        metrics["token_accuracy"] = (sum(a == b for g, q in zip(gold, pred) for a, b in zip(g, q)) / n_words
-                                     if n_words else 0.0)
+        metrics["token_accuracy"] = token_accuracy(gold, pred)
         counts = [doc_counts(g, q) for g, q in zip(gold, pred)]
         unseen, total = [], 0
         for g, s in zip(gold, seen):
@@ -715,7 +719,11 @@ class NER:
             idx = [i for i, x in enumerate(buckets) if x == b]
             metrics[f"bucket[{b}].n"] = len(idx)
             if idx:
-                metrics[f"bucket[{b}].f1"] = micro_f1([counts[i] for i in idx])
+                sub = seqeval_scores([gold[i] for i in idx], [pred[i] for i in idx])
+                for key in ("f1", "precision", "recall"):
+                    metrics[f"bucket[{b}].{key}"] = sub[key]
+                metrics[f"bucket[{b}].token_accuracy"] = token_accuracy([gold[i] for i in idx],
+                                                                        [pred[i] for i in idx])
                 ents = sum(len(entity_set(gold[i])) for i in idx)
                 metrics[f"bucket[{b}].entities_unseen"] = sum(unseen[i] for i in idx) / ents if ents else 0.0
         rows = [{"i": i, "id": docs[i].id, "n_words": len(gold[i]), "n_tokens": n_tok[i], "bucket": buckets[i],

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from bench import compare as cmp
+from bench.cli import main as cli_main
 
 
 def record(strategy: str = "head", budget: int = 128, seed: int = 0, f1: float = 0.80, docs: float = 100.0,
@@ -119,12 +120,12 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     same = write(tmp_path / "same.jsonl", grid())
     slow = write(tmp_path / "slow.jsonl", grid(**{"sliding/128": {"docs": 10.0}}))
     other = write(tmp_path / "other.jsonl", [record("tail", 512)])
-    assert cmp.main([a, same]) == 0
+    assert cli_main(["compare", a, same]) == 0
     assert "**PASS**" in capsys.readouterr().out
     out = tmp_path / "r.md"
-    assert cmp.main([a, slow, "--out", str(out)]) == 1
+    assert cli_main(["compare", a, slow, "--out", str(out)]) == 1
     assert "REGRESSED" in out.read_text() and "docs/s -90.0%" in out.read_text()
-    assert cmp.main([a, slow, "--throughput-drop", "0.95"]) == 0
-    assert cmp.main([a, other]) == 2
-    assert cmp.main([a, str(tmp_path / "missing.jsonl")]) == 2
-    assert cmp.main([a, same, "--checks", "speed"]) == 2
+    assert cli_main(["compare", a, slow, "--throughput-drop", "0.95"]) == 0
+    assert cli_main(["compare", a, other]) == 2
+    assert cli_main(["compare", a, str(tmp_path / "missing.jsonl")]) == 2
+    assert cli_main(["compare", a, same, "--checks", "speed"]) == 2
