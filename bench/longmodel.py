@@ -210,87 +210,18 @@ def extended_path(base_path: str, new_max: int) -> str:
     return str(final)
 
 
-# ---------------------------------------------------------------- one table across models
-
-
-def mode_label(spec: dict) -> str:
-    """``probe``, or ``finetune`` with its kind (``finetune:lora``): the kinds are different methods."""
-    kind = (spec.get("train") or {}).get("finetune", "full")
-    return spec["mode"] if spec["mode"] != "finetune" else f"finetune:{kind}"
-
-
-def comparison_frame(runs: list[dict]):
-    """Every model, mode and fine-tuning kind of one task in one table (the leaderboard splits
-    them by model): macro-F1 next to the tokens each document cost and the measured seconds
-    per document, so a long-context model and short-model strategies compare at equal tokens
-    and at equal time. Pure: a function of the run records. Times are as measured in each run
-    (separate processes): compare them only between runs made side by side on one machine."""
-    import pandas as pd
-
-    from .tables import sample_key
-
-    rows = []
-    for r in {r.get("run_id", k): r for k, r in enumerate(runs)}.values():  # the last line of a run_id wins
-        if r.get("status", "ok") != "ok":
-            continue
-        spec, m = r["spec"], r["measurements"]
-        docs = max(1, m.get("docs") or 1)
-        rows.append({"dataset": spec["dataset"], "sample": sample_key(r), "model": spec["model"],
-                     "mode": mode_label(spec), "strategy": spec["strategy"]["label"],
-                     "budget": r.get("budget", spec.get("budget")), "seed": spec["seed"],
-                     "metric": r["metrics"][r["main_metric"]], "main": r["main_metric"],
-                     "tokens/doc": m.get("real_tokens", 0) / docs, "coverage": m.get("coverage"),
-                     "s/doc": m.get("inference_seconds", float("nan")) / docs,
-                     "trainable": m.get("trainable_params"),
-                     "train tok/s": m.get("train_tokens_per_s") if spec["mode"] == "finetune" else None,
-                     "peak MB": m.get("peak_memory_mb")})
-    if not rows:
-        return pd.DataFrame()
-    df = pd.DataFrame(rows)
-    keys = ["dataset", "sample", "model", "mode", "strategy", "budget", "main"]
-    g = df.groupby(keys, sort=False, dropna=False)
-    out = g.agg(seeds=("seed", "nunique"), metric=("metric", "mean"), std=("metric", "std"),
-                **{c: (c, "mean") for c in ("tokens/doc", "coverage", "s/doc", "trainable", "train tok/s",
-                                              "peak MB")}).reset_index()
-    out["time vs fastest"] = out["s/doc"] / out.groupby(["dataset", "sample"])["s/doc"].transform("min")
-    return out.sort_values(["dataset", "sample", "tokens/doc", "model"]).reset_index(drop=True)
-
-
-def comparison_markdown(runs: list[dict]) -> str:
-    from tabulate import tabulate
-
-    df = comparison_frame(runs)
-    if df.empty:
-        return "no successful runs\n"
-    parts = []
-    for (dataset, _), block in df.groupby(["dataset", "sample"], sort=False):
-        main = block["main"].iloc[0]
-        t = block.drop(columns=["dataset", "sample", "main"]).copy()
-        t[main] = [f"{m:.3f}" + (f" ± {s:.3f}" if s == s else "") for m, s in zip(t.pop("metric"), t.pop("std"))]
-        for col, fmt in (("tokens/doc", "{:.0f}"), ("coverage", "{:.2f}"), ("s/doc", "{:.3g}"),
-                         ("time vs fastest", "{:.1f}x"), ("trainable", "{:,.0f}"), ("train tok/s", "{:.0f}"),
-                         ("peak MB", "{:.0f}")):
-            t[col] = [fmt.format(v) if v == v and v is not None else "–" for v in t[col]]
-        t = t[["model", "mode", "strategy", "budget", "seeds", main, "tokens/doc", "coverage", "s/doc",
-               "time vs fastest", "trainable", "train tok/s", "peak MB"]]
-        parts.append(f"### {dataset}: {main} by tokens read per document (one sample; all models)\n\n"
-                     + tabulate(t, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
-                     + "\n")
-    return "\n".join(parts)
-
-
 def main(argv: list[str] | None = None) -> int:
     import sys
 
     from .results import read_jsonl
+    from .tables import comparison_markdown
 
     paths = (argv if argv is not None else sys.argv[1:]) or ["results/clf/runs.jsonl"]
     print(comparison_markdown([r for p in paths for r in read_jsonl(p)]))
     return 0
 
 
-__all__ = ["extend_positions", "extended_path", "parse_extended", "smollm2_path", "convert_gguf",
-           "comparison_frame", "comparison_markdown", "mode_label"]
+__all__ = ["extend_positions", "extended_path", "parse_extended", "smollm2_path", "convert_gguf"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

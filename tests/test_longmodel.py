@@ -138,7 +138,7 @@ def _run(model, mode, kind, strategy, budget, seed, f1, tokens, seconds, rid):
 
 
 def test_comparison_table_puts_every_model_and_kind_side_by_side():
-    from bench.longmodel import comparison_frame, comparison_markdown
+    from bench.tables import comparison_frame, comparison_markdown
 
     runs = [_run("smollm2", "probe", "full", "head", 2048, s, f1, 68_000, 40.0, f"a{s}")
             for s, f1 in ((0, 0.5), (1, 0.7))]
