@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -90,7 +89,7 @@ def load_data(spec, tokenizer, tok_key: str) -> ClfData:
                 f"dataset {spec.dataset!r}: {s} labels not seen in the training sample: {unknown} "
                 f"(raise limits.train or fix the data)"
             )
-    index = {l: i for i, l in enumerate(labels)}
+    index = {lab: i for i, lab in enumerate(labels)}
     backend = getattr(tokenizer, "backend_tokenizer", None)
     tok_fp = content_hash(backend.to_str() if backend is not None else repr(tokenizer), TOKENIZE)
     key = content_hash(_digest(parts), tok_fp)
@@ -107,7 +106,7 @@ def load_data(spec, tokenizer, tok_key: str) -> ClfData:
             return ids
 
         out.texts[s] = texts
-        out.y[s] = [index[l] for l in parts[s]["label"]]
+        out.y[s] = [index[lab] for lab in parts[s]["label"]]
         out.ids[s], _ = cached_id_lists(cache_dir("tokenized") / f"{key}-{s}.npz",
                                         content_hash(key, s, tok_key), tokenize)
         doc_ids = list(parts[s]["id"]) if "id" in parts[s].column_names else None

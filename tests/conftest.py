@@ -24,7 +24,7 @@ def make_doc(rng: random.Random, label: str, n_words: int, signal_at: str = "any
     words = [rng.choice(FILLER) for _ in range(n_words)]
     topic = WORDS[label]
     k = max(2, n_words // 8)
-    for j in range(k):
+    for _ in range(k):
         if signal_at == "end":
             pos = n_words - 1 - rng.randrange(min(n_words, 12))
         elif signal_at == "start":

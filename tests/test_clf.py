@@ -78,7 +78,7 @@ def test_sidecar_holds_spans_per_document(ran):
 
     _, _, runs, root = ran
     r = next(r for r in runs if r["spec"]["strategy"]["name"] == "sliding")
-    rows = [json.loads(l) for l in (root / "clf" / r["predictions_file"]).read_text().splitlines()]
+    rows = [json.loads(line) for line in (root / "clf" / r["predictions_file"]).read_text().splitlines()]
     assert len(rows) == 30 and all(row["spans"] for row in rows)
     assert {"label", "pred", "correct", "n_tokens", "bucket"} <= set(rows[0])
 

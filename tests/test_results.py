@@ -37,4 +37,4 @@ def test_only_ok_runs_count_as_done(tmp_path):
     append_line(path, {"run_id": "x", "status": "error"})
     append_line(path, {"run_id": "y", "status": "ok"})
     assert done_ids(path) == {"y"}
-    assert all(json.loads(l) for l in path.read_text().splitlines())
+    assert all(json.loads(line) for line in path.read_text().splitlines())

@@ -25,7 +25,8 @@ SELECTION = [
     ("query_select", {}),
 ]
 PARK = [("head_select", {"selector": s}) for s in ("textrank", "tfidf", "random")]
-VOCAB = ["orbit", "rocket", "nasa", "launch", "shuttle", "hockey", "goal", "team", "season", "engine", "car", "wheel", "brake", "the", "a", "of", "and", "to", "in", "is", "it", "fuel", "moon", "planet", "coach", "league"]
+VOCAB = ["orbit", "rocket", "nasa", "launch", "shuttle", "hockey", "goal", "team", "season", "engine", "car", "wheel",
+         "brake", "the", "a", "of", "and", "to", "in", "is", "it", "fuel", "moon", "planet", "coach", "league"]
 
 
 @st.composite

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.store import content_hash
+from bench.store import content_hash  # noqa: E402  (after the sys.path line above)
 
 LABELS = ["autos", "hockey", "space", "politics"]
 BUCKETS = ("<=b", "b-2b", "2b-4b", ">4b")
