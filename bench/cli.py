@@ -137,7 +137,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    # argparse stops filling `overrides` at the first flag: `bench clf --profile x key=value` leaves the
+    # key=value after the flags over; take those back, refuse anything else
+    stray = [x for x in extra if x.startswith("-") or "=" not in x]
+    if stray or (extra and args.command != "bench"):
+        p.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except ConfigError as e:

@@ -57,3 +57,14 @@ def test_auto_mode_follows_the_device_and_is_resolved_in_the_spec(device, mode):
     sweep = load_sweep("clf", ["mode=auto", f"device={device}"])
     assert sweep.mode == mode and {c.mode for c in sweep.cells()} == {mode}
     assert load_sweep("clf", ["mode=finetune", f"device={device}"]).mode == "finetune"  # explicit wins
+
+
+def test_overrides_may_follow_the_flags(monkeypatch):
+    import bench.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_bench", lambda args: seen.update(overrides=args.overrides, profile=args.profile) or 0)
+    assert cli.main(["bench", "clf", "seeds=[0]", "--profile", "smoke", "--isolate", "train.lr=0.1"]) == 0
+    assert seen == {"overrides": ["seeds=[0]", "train.lr=0.1"], "profile": "smoke"}
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "clf", "--profile", "smoke", "--no-such-flag"])
