@@ -84,7 +84,7 @@ def long_frame(runs: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "task": spec["task"],
             "dataset": spec["dataset"],
             "model": spec["model"],
-            "mode": spec["mode"],
+            "mode": table_mode(spec),
             "strategy": spec["strategy"]["label"],
             "budget": r.get("budget", spec.get("budget")),
             "seed": spec["seed"],
@@ -477,6 +477,13 @@ def leaderboard(runs: Iterable[dict[str, Any]], root: str | Path | None = None, 
 
 
 # ---------------------------------------------------------------- one table across models
+
+
+def table_mode(spec: dict) -> str:
+    """The mode a leaderboard groups by: a peft method is a method of its own (its runs are never
+    averaged with full fine-tuning's as if they were seeds); plain ``finetune`` means full."""
+    kind = (spec.get("train") or {}).get("finetune", "full")
+    return mode_label(spec) if spec["mode"] == "finetune" and kind != "full" else spec["mode"]
 
 
 def mode_label(spec: dict) -> str:

@@ -459,7 +459,8 @@ class Classification:
             res = self._probe(spec, ctx, enc, mkey, data, windows, head, budget, strategy)
         else:
             res = self._finetune(spec, ctx, enc, data, windows, head, budget, strategy)
-        res.measurements.update(select_seconds_test=select_s["test"], select_seconds_all=sum(select_s.values()))
+        if needs(strategy):  # sentence selection; for span strategies windows() is arithmetic, not a cost
+            res.measurements.update(select_seconds_test=select_s["test"], select_seconds_all=sum(select_s.values()))
         return res
 
     @staticmethod

@@ -186,6 +186,9 @@ def test_selection_and_adaptive_strategies_run_through_the_task(tiny_model, tiny
     assert len(runs) == 5
     for r in runs:
         m = r["measurements"]
-        assert m["select_seconds_test"] >= 0 and 0 < m["coverage"] <= 1
+        assert 0 < m["coverage"] <= 1
+        # selection time is recorded for the strategies that select sentences, and only for them
+        selects = r["spec"]["strategy"]["name"] != "adaptive"
+        assert (m["select_seconds_test"] > 0) if selects else ("select_seconds_test" not in m)
         if r["spec"]["strategy"]["name"] != "head_select":
             assert m["compute_multiplier"] <= 1.0 + 1e-9 or r["spec"]["strategy"]["name"] == "adaptive"

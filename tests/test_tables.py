@@ -158,3 +158,16 @@ def test_buckets_mirror_the_task_contract():
     assert BUCKETS == LENGTH_BUCKETS
     for n in (0, 1, 63, 64, 65, 128, 129, 256, 257, 1000):
         assert length_bucket(n, 64) == task_bucket(n, 64)
+
+
+def test_peft_methods_are_their_own_groups_never_seeds_of_full():
+    from bench.tables import long_frame
+
+    def run(kind, seed, rid):
+        return {"run_id": rid, "status": "ok", "main_metric": "macro_f1", "budget": 128, "metrics": {"macro_f1": 0.5},
+                "measurements": {}, "spec": {"task": "clf", "dataset": "d", "model": "m", "mode": "finetune",
+                                             "seed": seed, "budget": 128, "strategy": {"label": "head"},
+                                             "train": {"finetune": kind}}}
+
+    df = long_frame([run("full", 0, "a"), run("full", 1, "b"), run("lora", 0, "c"), run("ia3", 0, "d")])
+    assert df.groupby("mode")["seed"].count().to_dict() == {"finetune": 2, "finetune:lora": 1, "finetune:ia3": 1}
