@@ -259,7 +259,8 @@ def group_plots(cells: pd.DataFrame, buckets: pd.DataFrame, plot_dir: Path, rel:
     add("throughput", "throughput vs budget", "Documents and real (unpadded) tokens per second.",
         lambda p: plot_measure(cells, p, [("docs_per_s", "docs/s"), ("tokens_per_s", "real tokens/s")],
                                "throughput vs budget"))
-    add("memory", "peak memory vs budget", "Peak memory of the run: CUDA max allocated, or on CPU the peak RSS of the process "
+    add("memory", "peak memory vs budget",
+        "Peak memory of the run: CUDA max allocated, or on CPU the peak RSS of the process "
         "(of the cell alone only with --isolate; otherwise the process's high-water mark so far).",
         lambda p: plot_measure(cells, p, [("peak_memory_mb", "peak memory MB")], "memory vs budget"))
     gb = buckets[buckets["group_id"] == gid] if not buckets.empty else buckets

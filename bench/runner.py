@@ -261,7 +261,8 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
         raise ConfigError(f"device={sweep.device!r} asks for CUDA, but torch sees no CUDA device here "
                           f"(torch {torch.__version__}); use device=cpu or auto")
     if ctx.device.type == "cpu":
-        torch.set_num_threads(torch.get_num_threads())  # pin what is set now (ctxbench bench --threads); recorded per run
+        # pin what is set now (ctxbench bench --threads); recorded per run
+        torch.set_num_threads(torch.get_num_threads())
     root = Path(results_root)
     path = runs_path(root, sweep.task)
     summary = GridSummary(notes=_store_notes(root, sweep.task))
@@ -310,5 +311,6 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
     return summary
 
 
-__all__ = ["GridSummary", "Outcome", "attempt", "cell_label", "run_line", "halve_batch", "is_oom", "run_cell", "run_sweep",
+__all__ = ["GridSummary", "Outcome", "attempt", "cell_label", "run_line", "halve_batch", "is_oom", "run_cell",
+           "run_sweep",
            "scan_jsonl", "spec_record"]

@@ -243,7 +243,8 @@ def _slug(text: str) -> str:
 
 def group_title(keys: dict[str, Any], show_sample: bool) -> str:
     label = keys["data_label"]
-    title = f"{keys['task']} · {keys['dataset']}{' (' + label + ')' if label else ''} · {keys['model']} · {keys['mode']}"
+    data = f"{keys['dataset']}{' (' + label + ')' if label else ''}"
+    title = f"{keys['task']} · {data} · {keys['model']} · {keys['mode']}"
     if show_sample:
         s = json.loads(keys["sample"])
         limits = ",".join(f"{k}:{v}" for k, v in sorted((s.get("limits") or {}).items()))
@@ -457,7 +458,8 @@ def leaderboard(runs: Iterable[dict[str, Any]], root: str | Path | None = None, 
                                                     lambda r, f=fmt: render_diff(r, f)), "", gid, "diff"))
         else:
             stat = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
-            sections.append(Section(f"{title} — {main} ({stat})", pivot_cells(group, lambda r, f=fmt: render_metric(r, f)), "", gid, "metric"))
+            sections.append(Section(f"{title} — {main} ({stat})",
+                                    pivot_cells(group, lambda r, f=fmt: render_metric(r, f)), "", gid, "metric"))
         gb = buckets[buckets["group_id"] == gid] if not buckets.empty else buckets
         if not gb.empty:
             sections.append(Section(f"{title} — {main} by document length in tokens "

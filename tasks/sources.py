@@ -32,7 +32,8 @@ class Source:
 
 
 def _csv(path: str, **kwargs) -> datasets.Dataset:
-    ds = datasets.load_dataset("csv", data_files=str(path), split="train", cache_dir=str(cache_dir("datasets")), **kwargs)
+    ds = datasets.load_dataset("csv", data_files=str(path), split="train", cache_dir=str(cache_dir("datasets")),
+                               **kwargs)
     return ds
 
 

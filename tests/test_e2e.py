@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 def test_real_model_real_data_every_cell(tmp_path, cache_env):
     sweep = load_sweep("clf", ["limits.train=60", "limits.val=20", "limits.test=24", "budgets=[32,128]",
                                "seeds=[0]", "train.epochs=8", "strategies=[head, tail, head_tail, "
-                               "{name: sliding, max_windows: 4}, {name: hierarchical, pool: attention, max_chunks: 4}]"])
+                               "{name: sliding, max_windows: 4}, "
+                               "{name: hierarchical, pool: attention, max_chunks: 4}]"])
     summary = run_sweep(sweep, tmp_path, ctx=Context(device=torch.device("cpu"), progress=False), progress=False)
     assert summary.ok and summary.ran == 10
     runs = read_jsonl(tmp_path / "clf" / "runs.jsonl")

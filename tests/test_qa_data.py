@@ -152,9 +152,12 @@ def test_sample_is_deterministic():
 
 def test_flat_hub_rows_regroup_into_articles():
     rows = [
-        {"id": "1", "title": "A", "context": "c1 foo", "question": "q1", "answers": {"text": ["foo"], "answer_start": [3]}},
-        {"id": "2", "title": "A", "context": "c2 bar", "question": "q2", "answers": {"text": ["bar"], "answer_start": [3]}},
-        {"id": "3", "title": "A", "context": "c1 foo", "question": "q3", "answers": {"text": ["c1"], "answer_start": [0]}},
+        {"id": "1", "title": "A", "context": "c1 foo", "question": "q1",
+         "answers": {"text": ["foo"], "answer_start": [3]}},
+        {"id": "2", "title": "A", "context": "c2 bar", "question": "q2",
+         "answers": {"text": ["bar"], "answer_start": [3]}},
+        {"id": "3", "title": "A", "context": "c1 foo", "question": "q3",
+         "answers": {"text": ["c1"], "answer_start": [0]}},
         {"id": "4", "title": "B", "context": "d", "question": "q4", "answers": {"text": ["d"], "answer_start": [0]}},
     ]
     arts = articles_from_flat(rows)

@@ -39,7 +39,8 @@ def test_fit_on_exact_data():
 
 
 def test_scale_command_on_a_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    rc = cli_main(["scale", "--model", "tiny", "--device", "cpu", "--budget", "32", "--min-len", "64", "--max-len", "1024",
+    rc = cli_main(["scale", "--model", "tiny", "--device", "cpu", "--budget", "32", "--min-len", "64",
+                   "--max-len", "1024",
                     "--repeats", "1", "--threads", "1", "--out", str(tmp_path)])
     assert rc == 0
     (folder,) = tmp_path.iterdir()

@@ -139,8 +139,10 @@ def write_qa(out: Path) -> None:
             r = random.Random(f"qa-{strategy}-{i}").random()
             f1 = round(min(1.0, r + (0.3 if strategy != "head" and n > 64 else 0.0)), 4)
             rows.append({"i": i, "f1": f1, "exact_match": float(f1 == 1.0), "n_tokens": n, "bucket": bucket(n, 64)})
-        m = {"f1": sum(r["f1"] for r in rows) / len(rows), "exact_match": sum(r["exact_match"] for r in rows) / len(rows)}
-        lines.append(record("qa", strategy, 64, 0, "f1", "silver", m, measurements(strategy, 64, 0, lengths), rows, out))
+        m = {"f1": sum(r["f1"] for r in rows) / len(rows),
+             "exact_match": sum(r["exact_match"] for r in rows) / len(rows)}
+        lines.append(record("qa", strategy, 64, 0, "f1", "silver", m, measurements(strategy, 64, 0, lengths), rows,
+                            out))
     (out / "runs.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in lines))
 
 
