@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -396,8 +397,6 @@ def _key_from_list(k: list) -> tuple:
 
 
 def model_key(enc: Loaded) -> str:
-    from pathlib import Path
-
     weights = sorted(Path(enc.path).glob("*.safetensors")) if Path(enc.path).is_dir() else []
     return content_hash(enc.path, enc.model.config.to_dict(), [file_hash(w) for w in weights])
 
@@ -430,15 +429,25 @@ class Classification:
             t_sliding = sum(cache.rows[k][1] for k in sliding)
             ratio = t_all / max(t_sliding, 1e-12)
             tok_all, tok_sliding = (sum(window_len(k[2]) for k in keys) for keys in (union, sliding))
-            rows.append({"budget": budget, "strategies": sorted(per_strategy), "windows_all": len(union),
+            rows.append({**ctx.memo.get(("grid-of", budget), {}), "budget": budget,
+                         "strategies": sorted(per_strategy), "windows_all": len(union),
                          "windows_sliding": len(sliding), "tokens_all": tok_all, "tokens_sliding": tok_sliding,
                          "token_ratio": tok_all / max(1, tok_sliding), "encoder_s_all": t_all,
                          "encoder_s_sliding": t_sliding, "ratio": ratio})
             lines.append(f"budget {budget}: encoder time of all {len(per_strategy)} strategies = {ratio:.2f}x one "
                          f"sliding pass ({t_all:.1f}s vs {t_sliding:.1f}s; {len(union)} vs {len(sliding)} windows, "
                          f"{tok_all / max(1, tok_sliding):.2f}x its tokens)")
-        if rows:
-            atomic_write_text(out_dir / "encoder_sharing.json", json.dumps(rows, indent=1) + "\n")
+        if rows:  # one row per (sweep sample, budget): a sweep on other data adds rows, it never overwrites
+            path = Path(out_dir) / "encoder_sharing.json"
+            old = json.loads(path.read_text()) if path.exists() else []
+
+            def ident(r: dict) -> str:
+                return json.dumps([r.get(k) for k in ("dataset", "model", "data_seed", "limits", "budget")],
+                                  sort_keys=True)
+
+            new = {ident(r) for r in rows}
+            rows = [r for r in old if ident(r) not in new] + rows
+            atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
         return lines
 
     def run(self, spec, ctx: Context) -> CellResult:
@@ -538,6 +547,8 @@ class Classification:
         cache.save()
         ctx.memo.setdefault(("grid-windows", budget), {})[spec.strategy.label] = set(keys)
         ctx.memo[("span-cache-of", budget)] = cache
+        ctx.memo[("grid-of", budget)] = {"dataset": spec.dataset, "model": spec.model, "data_seed": spec.data_seed,
+                                         "limits": asdict(spec.limits)}
 
         def item(split, i, ws):
             return torch.stack([cache.rows[(split, i, w)][0] for w in ws])  # (K, d)

@@ -12,7 +12,7 @@ from bench.results import read_jsonl
 from bench.runner import run_sweep
 from bench.tables import leaderboard
 from tasks import Context
-from tasks.clf import fold_windows
+from tasks.clf import Classification, fold_windows
 
 from .conftest import WORDS, make_doc
 
@@ -192,3 +192,26 @@ def test_selection_and_adaptive_strategies_run_through_the_task(tiny_model, tiny
         assert (m["select_seconds_test"] > 0) if selects else ("select_seconds_test" not in m)
         if r["spec"]["strategy"]["name"] != "head_select":
             assert m["compute_multiplier"] <= 1.0 + 1e-9 or r["spec"]["strategy"]["name"] == "adaptive"
+
+
+def test_encoder_sharing_rows_of_another_sweep_are_added_not_overwritten(tmp_path):
+    """Two sweeps (other data) writing results/clf/encoder_sharing.json: each keeps its rows; a rerun
+    of one sweep replaces only its own."""
+    import json
+    from types import SimpleNamespace
+
+    def summarise(dataset, seconds):
+        w1, w2, w3 = ((0, 8),), ((4, 12),), ((0, 4), (8, 12))
+        cache = SimpleNamespace(rows={("test", 0, w): (None, seconds, 8) for w in (w1, w2, w3)})
+        memo = {("grid-windows", 8): {"sliding": {("test", 0, w1), ("test", 0, w2)}, "head": {("test", 0, w1)},
+                                      "head_tail": {("test", 0, w3)}},
+                ("span-cache-of", 8): cache,
+                ("grid-of", 8): {"dataset": dataset, "model": "m", "data_seed": 0, "limits": {"test": 1}}}
+        return Classification().summary(Context(device=torch.device("cpu"), memo=memo), tmp_path)
+
+    (line,) = summarise("a", 1.0)
+    assert "1.50x one sliding pass" in line and "1.50x its tokens" in line
+    summarise("b", 2.0)
+    summarise("a", 3.0)
+    rows = json.loads((tmp_path / "encoder_sharing.json").read_text())
+    assert sorted((r["dataset"], r["encoder_s_all"]) for r in rows) == [("a", 9.0), ("b", 6.0)]
