@@ -343,11 +343,9 @@ def load_sweep(path_or_task: str, overrides: list[str] = (), profile: str | None
 
 def auto_mode(device: str) -> str:
     """``probe`` on a CPU (end-to-end fine-tuning of every cell does not fit there), ``finetune`` on CUDA."""
-    import torch
+    from .model import pick_device
 
-    if device == "auto":
-        return "finetune" if torch.cuda.is_available() else "probe"
-    return "finetune" if str(device).startswith("cuda") else "probe"
+    return "finetune" if pick_device(device).type == "cuda" else "probe"
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

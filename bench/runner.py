@@ -260,9 +260,6 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
     if ctx.device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={sweep.device!r} asks for CUDA, but torch sees no CUDA device here "
                           f"(torch {torch.__version__}); use device=cpu or auto")
-    if ctx.device.type == "cpu":
-        # pin what is set now (ctxbench bench --threads); recorded per run
-        torch.set_num_threads(torch.get_num_threads())
     root = Path(results_root)
     path = runs_path(root, sweep.task)
     summary = GridSummary(notes=_store_notes(root, sweep.task))

@@ -484,8 +484,8 @@ def leaderboard(runs: Iterable[dict[str, Any]], root: str | Path | None = None, 
 def table_mode(spec: dict) -> str:
     """The mode a leaderboard groups by: a peft method is a method of its own (its runs are never
     averaged with full fine-tuning's as if they were seeds); plain ``finetune`` means full."""
-    kind = (spec.get("train") or {}).get("finetune", "full")
-    return mode_label(spec) if spec["mode"] == "finetune" and kind != "full" else spec["mode"]
+    label = mode_label(spec)
+    return "finetune" if label == "finetune:full" else label
 
 
 def mode_label(spec: dict) -> str:
@@ -501,7 +501,7 @@ def comparison_frame(runs: list[dict]):
     and at equal time. Pure: a function of the run records. Times are as measured in each run
     (separate processes): compare them only between runs made side by side on one machine."""
     rows = []
-    for r in {r.get("run_id", k): r for k, r in enumerate(runs)}.values():  # the last line of a run_id wins
+    for r in _dedupe(runs):
         if r.get("status", "ok") != "ok":
             continue
         spec, m = r["spec"], r["measurements"]
@@ -546,7 +546,6 @@ def comparison_markdown(runs: list[dict]) -> str:
                      + tabulate(t, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
                      + "\n")
     return "\n".join(parts)
-
 
 
 def write_leaderboard(runs_path: str | Path, out_dir: str | Path | None = None) -> Leaderboard:

@@ -763,8 +763,9 @@ class ExtractiveQA:
         metrics = self.metrics(preds, rows, cfg.context_paragraphs)
         measurements = self.measure(rows, windows, budgets, np.array(per_row_s), padded, pair_special,
                                     getattr(ft.model, "config", None))
-        measurements.update(select_seconds_test=select_s if needs(strategy) else 0.0,
-                            encode_wall_s=encode_wall, windows_encoded_now=len(missing),
+        if needs(strategy):  # sentence splitting + selection; for span strategies windows() is arithmetic
+            measurements["select_seconds_test"] = select_s
+        measurements.update(encode_wall_s=encode_wall, windows_encoded_now=len(missing),
                             window_cache_hits=sum(len(k) for k in keys) - len(missing),
                             train_wall_s_this_cell=train_wall, inference_batch_size=spec.batch_size,
                             cpu_s=time.process_time() - cpu0,
