@@ -60,6 +60,26 @@ class Train:
 
 
 @dataclass(frozen=True)
+class NER:
+    """NER settings (task ``ner``; other tasks ignore them).
+
+    ``stitch``: how window outputs become word tags. ``auto`` = the strategy's rule
+    (sliding ``pool=max``: max-context, ``pool=mean``: mean of logits; every other
+    strategy: max-context); ``max_context`` and ``mean`` force one token-level rule;
+    ``longest_entity`` = the Hugging Face token-classification pipeline's rule (each
+    window decoded alone, overlapping entities resolved longest-first): for
+    like-for-like comparisons with it (see tasks/stitch.py).
+    """
+
+    stitch: str = "auto"  # auto | max_context | mean | longest_entity
+
+    def __post_init__(self) -> None:
+        valid = ("auto", "max_context", "mean", "longest_entity")
+        if self.stitch not in valid:
+            raise ConfigError(f"ner.stitch must be one of {valid}, got {self.stitch!r}")
+
+
+@dataclass(frozen=True)
 class QA:
     """Extractive-QA settings (task ``qa``; other tasks ignore them).
 
@@ -146,10 +166,18 @@ class RunSpec:
     batch_size: int = 64  # inference windows per batch
     device: str = "auto"
     qa: QA = field(default_factory=QA)
+    ner: NER = field(default_factory=NER)
+    precision: str = "auto"  # inference: auto (bf16 autocast on CUDA, fp32 elsewhere) | float32 | bfloat16
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as the run record and the run_id hold it. Fields added after results were
+        first recorded (``LATER_FIELDS``) are left out at their defaults, so a spec that does
+        not use them keeps the run_id it had before they existed."""
         d = dataclasses.asdict(self)
         d["strategy"] = {"name": self.strategy.name, "params": dict(self.strategy.params), "label": self.strategy.label}
+        for name in LATER_FIELDS:
+            if getattr(self, name) == _DEFAULTS[name]:
+                del d[name]
         return d
 
 
@@ -172,6 +200,8 @@ class Sweep:
     batch_size: int = 64
     device: str = "auto"
     qa: QA = field(default_factory=QA)
+    ner: NER = field(default_factory=NER)
+    precision: str = "auto"
 
     def cells(self) -> list[RunSpec]:
         if not self.strategies:
@@ -185,6 +215,10 @@ class Sweep:
             for s in self.strategies
             for seed in self.seeds
         ]
+
+
+LATER_FIELDS = ("ner", "precision")
+_DEFAULTS = {"ner": NER(), "precision": "auto"}
 
 
 def _err_unknown(key: str, valid: list[str], where: str) -> ConfigError:
@@ -370,6 +404,9 @@ def validate(sweep: Sweep) -> None:
         raise ConfigError(f"pooler must be 'mean' or 'cls', got {sweep.pooler!r}")
     if sweep.empty_docs not in ("keep", "error"):
         raise ConfigError(f"empty_docs must be 'keep' or 'error', got {sweep.empty_docs!r}")
+    precisions = ("auto", "float32", "bfloat16")  # bench/model.py PRECISIONS
+    if sweep.precision not in precisions:
+        raise ConfigError(f"precision must be one of {precisions}, got {sweep.precision!r}")
     if sweep.train.optimizer not in ("adamw", "lbfgs"):
         raise ConfigError(f"train.optimizer must be 'adamw' or 'lbfgs', got {sweep.train.optimizer!r}")
     t = sweep.train

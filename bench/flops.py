@@ -65,9 +65,11 @@ def train_step_flops(config: Any, lengths: Sequence[int]) -> float:
     return 3.0 * forward_flops(config, lengths)
 
 
-def bench_dtype(device: torch.device) -> torch.dtype:
-    """The dtype the model's matmuls run in: ``encode`` autocasts to bf16 on CUDA, fp32 on CPU."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+def bench_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The dtype the model's matmuls run in (``bench.model.compute_dtype``)."""
+    from .model import compute_dtype
+
+    return compute_dtype(device, precision)
 
 
 def default_matmul_size(device: torch.device) -> int:

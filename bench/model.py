@@ -206,6 +206,7 @@ def encode(
     pooler: str = "mean",
     batch_size: int = 64,
     progress: str | None = None,
+    precision: str = "auto",
 ) -> Encoded:
     """Encode token-id inputs into one vector each, batched by length."""
     from tqdm.auto import tqdm
@@ -216,14 +217,13 @@ def encode(
     seconds = [0.0] * len(inputs)
     widths = [0] * len(inputs)
     padded = 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
     batches = length_batches(lengths, batch_size, max_tokens=batch_size * 256)
     for batch in tqdm(batches, desc=progress or "encode", disable=progress is None, leave=False):
         ids, mask = pad_batch([inputs[i] for i in batch], pad_id)
         padded += ids.numel()
         sync(device)
         t0 = time.perf_counter()
-        with autocast:
+        with autocast(device, precision):
             hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
         vec = pool_hidden(hidden.float(), mask.to(device), pooler).cpu()
         sync(device)
@@ -238,12 +238,30 @@ def encode(
     return Encoded(vectors, seconds, widths, padded, sum(lengths))
 
 
-class _null:
-    def __enter__(self):
-        return self
+PRECISIONS = ("auto", "float32", "bfloat16")
 
-    def __exit__(self, *a):
-        return False
+
+def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The dtype an inference forward pass's matmuls run in: the one precision rule of every task.
+
+    ``auto``: bf16 autocast on CUDA, float32 elsewhere (the default, and what every
+    committed CPU leaderboard ran); ``bfloat16``: bf16 autocast on any device (CPUs
+    with AVX512-BF16 or AMX run it natively; on others it is emulated and slower);
+    ``float32``: no autocast. Weights stay float32; only the autocast region (the
+    encoder's forward) changes. Training always runs ``auto`` (a run's ``precision``
+    is its inference precision, so the trained model is the same for every value).
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+
+
+def autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
+    """The autocast context of :func:`compute_dtype` (disabled for float32)."""
+    dtype = compute_dtype(device, precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 class AttentionPool(nn.Module):

@@ -153,7 +153,7 @@ def run_cell(spec: RunSpec, ctx: Context, task, env: dict[str, Any], oom_retries
     if "model_flops" in measurements:  # real-token FLOPs per second as a share of the matmul rate measured now
         from .flops import utilisation
 
-        peak = matmul_rate(ctx.device)
+        peak = matmul_rate(ctx.device, spec.precision)
         measurements.update(matmul_gflops=peak, utilisation=utilisation(
             measurements["model_flops"], measurements.get("inference_seconds", 0.0), peak))
     return {**base, "status": "ok", "budget": res.info.get("budget", spec.budget), "metrics": res.metrics,
@@ -218,13 +218,13 @@ def _store_notes(root: Path, task: str) -> list[str]:
     return notes
 
 
-def matmul_rate(device: torch.device) -> float:
+def matmul_rate(device: torch.device, precision: str = "auto") -> float:
     """The device's matmul rate (GFLOP/s, median of 5 after a warm-up, in the dtype the model runs in),
     measured right after each cell: on a shared machine the rate moves, so each run's "utilisation"
     divides by a rate taken next to it, in the same process (bench/flops.py)."""
-    from .flops import Calibrator
+    from .flops import Calibrator, bench_dtype
 
-    return Calibrator(device).measure(samples=5, warmup=1)
+    return Calibrator(device, bench_dtype(device, precision)).measure(samples=5, warmup=1)
 
 
 def run_line(spec: RunSpec, record: dict[str, Any]) -> str:

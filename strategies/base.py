@@ -72,19 +72,23 @@ def window_len(window: Window) -> int:
     return sum(e - s for s, e in window)
 
 
-def positions(n: int, size: int, step: int) -> list[int]:
+def positions(n: int, size: int, step: int, last: str = "full") -> list[int]:
     """Start offsets of windows of ``size`` moved by ``step`` over ``n`` tokens.
 
-    The last window is aligned to the document end, so every window is full
-    length and the tail is always covered (the same rule Hugging Face's
-    overflowing tokenization effectively gives, without a short last window).
+    ``last="full"``: the last window is aligned to the document end, so every
+    window is full length and the tail is always covered. ``last="short"``: the
+    last window starts at the next multiple of ``step`` and may be shorter: what
+    Hugging Face's overflowing tokenization (``stride``) gives.
     """
     if n <= size:
         return [0]
     starts = list(range(0, n - size, step))
-    last = n - size
-    if starts[-1] != last:
-        starts.append(last)
+    end = n - size
+    if last == "short":
+        if starts[-1] + size < n and starts[-1] + step < n:
+            starts.append(starts[-1] + step)
+    elif starts[-1] != end:
+        starts.append(end)
     return starts
 
 

@@ -7,6 +7,7 @@ from .base import DocView, ConfigError, Window, check_budget, positions, registe
 POOLS = ("mean", "max", "vote")
 POOL_OVER = ("logits", "embeddings")
 CAP_POLICIES = ("even", "first")
+LAST = ("full", "short")
 
 
 @register("sliding")
@@ -22,6 +23,9 @@ class Sliding:
     ``max_windows`` caps windows per document; ``cap_policy`` says which are
     kept: ``even`` keeps evenly spaced windows including first and last,
     ``first`` keeps the leading ones. ``allow_gaps`` permits ``step > window``.
+    ``last``: ``full`` aligns the last window to the document's end (every window
+    full length); ``short`` starts it at the next multiple of the step, shorter,
+    as Hugging Face's overflowing tokens (``stride``) place it.
     """
 
     window: int | None = None
@@ -32,6 +36,7 @@ class Sliding:
     max_windows: int | None = None
     cap_policy: str = "even"
     allow_gaps: bool = False
+    last: str = "full"
     level = "window"
 
     def __post_init__(self) -> None:
@@ -41,6 +46,8 @@ class Sliding:
             raise ConfigError(f"sliding: pool_over must be one of {POOL_OVER}, got {self.pool_over!r}")
         if self.pool == "vote" and self.pool_over != "logits":
             raise ConfigError("sliding: pool='vote' pools predicted labels; use pool_over='logits'")
+        if self.last not in LAST:
+            raise ConfigError(f"sliding: last must be one of {LAST}, got {self.last!r}")
         if self.cap_policy not in CAP_POLICIES:
             raise ConfigError(f"sliding: cap_policy must be one of {CAP_POLICIES}, got {self.cap_policy!r}")
         if self.max_windows is not None and self.max_windows < 1:
@@ -72,7 +79,7 @@ class Sliding:
     def windows(self, n: int, budget: int, doc: DocView | None = None) -> list[Window]:
         check_budget(n, budget)
         window, step = self.sizes(budget)
-        starts = positions(n, window, step)
+        starts = positions(n, window, step, self.last)
         if self.max_windows is not None and len(starts) > self.max_windows:
             starts = cap(starts, self.max_windows, self.cap_policy)
         return [((s, min(n, s + window)),) for s in starts]

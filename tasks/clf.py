@@ -25,8 +25,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
 from bench.model import (
-    Head, Loaded, build_input, encode, length_batches, linear_warmup, load_encoder, n_params, pack, pad_batch,
-    pool_hidden, seed_everything, sync, usable_budget,
+    Head, Loaded, autocast, build_input, compute_dtype, encode, length_batches, linear_warmup, load_encoder,
+    n_params, pack, pad_batch, pool_hidden, seed_everything, sync, usable_budget,
 )
 from bench.store import cache_dir, content_hash, file_hash
 from strategies import ConfigError, Window, needs, window_len
@@ -170,30 +170,22 @@ class ProbeModel(nn.Module):
 class FinetuneModel(nn.Module):
     """Encoder + head end to end; a group is a list of token-id inputs."""
 
-    def __init__(self, encoder: nn.Module, head: Head, pad_id: int, pooler: str, device: torch.device):
+    def __init__(self, encoder: nn.Module, head: Head, pad_id: int, pooler: str, device: torch.device,
+                 precision: str = "auto"):
         super().__init__()
         self.encoder, self.head = encoder, head
-        self.pad_id, self.pooler, self.device = pad_id, pooler, device
+        self.pad_id, self.pooler, self.device, self.precision = pad_id, pooler, device, precision
 
     def forward(self, groups: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
         flat = [inp for g in groups for inp in g]
         ids, mask = pad_batch(flat, self.pad_id)  # (sum K, L)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _Null()
-        with ctx:
+        with autocast(self.device, "auto" if self.training else self.precision):
             hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (sum K, L, d)
         vec = pool_hidden(hidden.float(), mask, self.pooler)  # (sum K, d)
         sizes = [len(g) for g in groups]
         x, m = pack(list(torch.split(vec, sizes)), vec.shape[1])  # (B, K, d)
         return self.head(x.to(self.device), m.to(self.device))
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def group_size(g) -> int:
@@ -376,7 +368,8 @@ class SpanCache:
         missing = [k for k in dict.fromkeys(keys) if k not in self.rows]
         if missing:
             got = encode(enc.model, [inputs(k) for k in missing], enc.tokenizer.pad_token_id, device,
-                         spec.pooler, spec.batch_size, progress="encode windows" if progress else None)
+                         spec.pooler, spec.batch_size, progress="encode windows" if progress else None,
+                         precision=spec.precision)
             for k, v, s, x in zip(missing, got.vectors, got.seconds, got.widths):
                 self.rows[k] = (v.clone(), s, x)
             self.dirty = True
@@ -532,8 +525,9 @@ class Classification:
         return scores, per_doc, wall, padded, train_info
 
     def _probe(self, spec, ctx, enc, mkey, data, windows, head, budget, strategy) -> CellResult:
-        cache: SpanCache = ctx.get(("spans", data.key, mkey, spec.pooler), lambda: SpanCache(
-            cache_dir("spans") / f"{content_hash(data.key, mkey, spec.pooler, self.version)}.pt"))
+        dtype = str(compute_dtype(ctx.device, spec.precision))  # vectors differ by compute dtype
+        cache: SpanCache = ctx.get(("spans", data.key, mkey, spec.pooler, dtype), lambda: SpanCache(
+            cache_dir("spans") / f"{content_hash(data.key, mkey, spec.pooler, dtype, self.version)}.pt"))
 
         def inputs(k):
             split, i, w = k
@@ -593,7 +587,8 @@ class Classification:
         # full | lora | adalora | prefix | ia3 (a "<model>@<n>" name arrives position-extended from resolve_model)
         encoder = apply_peft(fresh.model, spec.train, optimizer_steps(n_groups, spec.train),
                              longest_input=budget + enc.tokenizer.num_special_tokens_to_add(pair=False))
-        model = FinetuneModel(encoder, head, enc.tokenizer.pad_token_id, spec.pooler, ctx.device).to(ctx.device)
+        model = FinetuneModel(encoder, head, enc.tokenizer.pad_token_id, spec.pooler, ctx.device,
+                              spec.precision).to(ctx.device)
 
         def item(split, i, ws):
             return [build_input(enc.tokenizer, data.ids[split][i], w) for w in ws]

@@ -35,6 +35,10 @@ Strategy mapping (same strategy classes as classification; nothing rewritten her
                     context). Overlapping chunks are stitched by max context.
 =================  ==============================================================
 
+``ner.stitch`` overrides the rule: ``max_context``, ``mean``, or ``longest_entity``
+(the Hugging Face token-classification pipeline's entity-level rule, for
+like-for-like checks against it; window-level strategies only).
+
 Modes: ``finetune`` (``train.finetune`` full or lora) trains encoder + token head end
 to end; ``probe`` freezes the encoder, caches window hidden states and trains the
 token head alone.
@@ -64,8 +68,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bench.model import (
-    AttentionPool, Loaded, TransformerAgg, build_input, length_batches, linear_warmup, load_encoder, masked_reduce,
-    n_params, pack, pad_batch, pool_hidden, seed_everything, sync, template, usable_budget,
+    AttentionPool, Loaded, TransformerAgg, autocast, build_input, compute_dtype, length_batches, linear_warmup,
+    load_encoder, masked_reduce, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, template, usable_budget,
 )
 from bench.store import content_hash
 from strategies import ConfigError, Window, needs, window_len
@@ -75,11 +79,12 @@ from .ner_data import (
     IGNORE, NerDoc, align, first_subtoken_labels, is_silver, label_set, load_hub, load_news_silver, load_wnut,
     silver_label_set, split_docs, subtoken_to_word, validate,
 )
-from .stitch import stitch
+from .stitch import METHODS, stitch, stitch_longest_entity
 
 SPLITS = ("train", "val", "test")
 WNUT_NAMES = ("wnut16", "wnut")
 SLIDING_STITCH = {"max": "max_context", "mean": "mean"}  # sliding's ``pool`` -> tasks.stitch method
+STITCH_CHOICES = (*METHODS, "longest_entity")  # ner.stitch (besides auto)
 MAX_SHARED_MODELS = 4  # trained models kept per process for cells with identical training inputs
 
 
@@ -93,6 +98,9 @@ class NerData:
     docs: dict[str, list[NerDoc]]
     ids: dict[str, list[list[int]]]  # sub-token ids, no special tokens
     word_ids: dict[str, list[list[int]]]  # word index of every sub-token
+    # per document, every sub-token's character span (words joined by spaces) and the pipeline's is_subword
+    # flag: read by ner.stitch=longest_entity only
+    pieces: dict[str, list[tuple[list[tuple[int, int]], list[bool]]]]
     tags: dict[str, list[list[int]]]  # label index of every word
     counts: dict[str, int]
 
@@ -128,7 +136,7 @@ def prepare_data(spec, tokenizer) -> NerData:
     parts = {s: sample_docs(splits[s], getattr(spec.limits, s), spec.data_seed) for s in SPLITS}
     index = {t: i for i, t in enumerate(labels)}
     counts: dict[str, int] = {}
-    out = NerData("", labels, parts, {}, {}, {}, counts)
+    out = NerData("", labels, parts, {}, {}, {}, {}, counts)
     for s in SPLITS:
         c = validate(parts[s], labels, policy=spec.empty_docs)
         counts[f"docs_{s}"] = c["docs"]
@@ -138,6 +146,7 @@ def prepare_data(spec, tokenizer) -> NerData:
         aligned = [align(tokenizer, d.words) for d in parts[s]]
         out.ids[s] = [a.ids for a in aligned]
         out.word_ids[s] = [a.word_ids for a in aligned]
+        out.pieces[s] = [(a.offsets, a.subword) for a in aligned]
         out.tags[s] = [[index[t] for t in d.tags] for d in parts[s]]
         counts[f"words_without_subtokens_{s}"] = sum(a.n_empty for a in aligned)
     counts["words_without_subtokens"] = sum(counts[f"words_without_subtokens_{s}"] for s in SPLITS)
@@ -149,8 +158,16 @@ def prepare_data(spec, tokenizer) -> NerData:
 # ---------------------------------------------------------------- strategies for NER
 
 
-def stitch_method(strategy) -> str:
-    """How overlapping windows are folded for a strategy (see the module docstring)."""
+def stitch_method(strategy, choice: str = "auto") -> str:
+    """How overlapping windows are folded for a strategy (see the module docstring);
+    ``choice`` (``ner.stitch``) other than ``auto`` overrides the strategy's rule."""
+    if choice != "auto":
+        if choice not in STITCH_CHOICES:
+            raise ConfigError(f"ner.stitch must be one of {('auto', *STITCH_CHOICES)}, got {choice!r}")
+        if choice == "longest_entity" and strategy.level == "document":
+            raise ConfigError("ner.stitch=longest_entity decodes windows one by one; a document-level strategy "
+                              f"({strategy.name!r}) reads all its chunks at once: use max_context or mean")
+        return choice
     if strategy.name == "sliding":
         if getattr(strategy, "pool_over", "logits") != "logits":
             raise ConfigError("ner: sliding pool_over=embeddings has no token-level meaning; use pool_over=logits")
@@ -161,11 +178,11 @@ def stitch_method(strategy) -> str:
     return "max_context"
 
 
-def check_strategy(strategy) -> None:
+def check_strategy(strategy, choice: str = "auto") -> None:
     if needs(strategy):
         raise ConfigError(f"ner: strategy {strategy.name!r} needs {needs(strategy)}, which the NER adapter does not "
                           f"supply; use head, tail, head_tail, sliding or hierarchical")
-    stitch_method(strategy)
+    stitch_method(strategy, choice)
 
 
 def doc_windows(strategy, ids: list[list[int]], budget: int) -> list[list[Window]]:
@@ -224,9 +241,10 @@ class TokenModel(nn.Module):
     window for window-level strategies, all chunks of a document for hierarchical.
     """
 
-    def __init__(self, head: TokenHead, encoder: nn.Module | None, pad_id: int, device: torch.device):
+    def __init__(self, head: TokenHead, encoder: nn.Module | None, pad_id: int, device: torch.device,
+                 precision: str = "auto"):
         super().__init__()
-        self.head, self.encoder, self.pad_id, self.device = head, encoder, pad_id, device
+        self.head, self.encoder, self.pad_id, self.device, self.precision = head, encoder, pad_id, device, precision
 
     def hidden(self, items: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
         if self.encoder is None:  # probe: cached (L_i, d) tensors
@@ -239,10 +257,7 @@ class TokenModel(nn.Module):
             return h.to(self.device), mask.to(self.device)
         ids, mask = pad_batch(items, self.pad_id)  # (W, L)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        else:
+        with autocast(self.device, "auto" if self.training else self.precision):
             h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return h.float(), mask  # (W, L, d), (W, L)
 
@@ -354,12 +369,25 @@ def seqeval_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, fl
 
 
 def fold_document(n_tokens: int, word_ids: list[int], n_words: int, windows: list[Window],
-                  window_logits: list[torch.Tensor], method: str, n_labels: int, outside: int,
-                  prefix: int) -> tuple[list[int], list[bool]]:
+                  window_logits: list[torch.Tensor], method: str, labels: Sequence[str], outside: int,
+                  prefix: int, pieces: tuple[Sequence[tuple[int, int]], Sequence[bool]] | None = None
+                  ) -> tuple[list[int], list[bool]]:
     """Window logits (full inputs, special tokens included) -> one label index per word and
-    whether each word was seen (its first sub-token in some window)."""
+    whether each word was seen (its first sub-token in some window; under ``longest_entity``,
+    any of its sub-tokens, since a window's leading continuation pieces label the word there).
+    ``pieces`` (each sub-token's character span and ``is_subword`` flag, ``NerData.pieces``) is read by
+    ``longest_entity`` only."""
     rows = [lg[prefix: prefix + window_len(w)] for w, lg in zip(windows, window_logits)]  # strip special tokens
-    logits, seen = stitch(n_tokens, windows, rows, method=method, n_labels=n_labels)  # (n, C), (n,)
+    if method == "longest_entity":
+        tags, seen_words = stitch_longest_entity(n_tokens, word_ids, n_words, windows, rows, labels,
+                                                 *(pieces or (None, None)))
+        index = {t: i for i, t in enumerate(labels)}
+        missing = sorted({t for t in tags if t not in index})
+        if missing:
+            raise ValueError(f"longest_entity built tags {missing} that the label set lacks (it needs B- and I- "
+                             f"of every type)")
+        return [index[t] for t in tags], seen_words
+    logits, seen = stitch(n_tokens, windows, rows, method=method, n_labels=len(labels))  # (n, C), (n,)
     preds = logits.argmax(1).tolist()
     words = subtoken_to_word(word_ids, preds, n_words, missing=outside, seen=seen.tolist())
     seen_words = subtoken_to_word(word_ids, [True] * n_tokens, n_words, missing=False, seen=seen.tolist())
@@ -367,12 +395,13 @@ def fold_document(n_tokens: int, word_ids: list[int], n_words: int, windows: lis
 
 
 def tag_documents(model: TokenModel, tokenizer, documents: Sequence[Sequence[str]], strategy, budget: int,
-                  labels: Sequence[str], batch_size: int = 64, device: torch.device | None = None) -> list[list[str]]:
+                  labels: Sequence[str], batch_size: int = 64, device: torch.device | None = None,
+                  stitch_rule: str = "auto") -> list[list[str]]:
     """Word lists -> BIO tags per word, end to end (align, windows, batched model, stitch, words):
     the inference path of a cell, for a trained window- or document-level model."""
-    check_strategy(strategy)
+    check_strategy(strategy, stitch_rule)
     device = device or model.device
-    method, doc_level = stitch_method(strategy), strategy.level == "document"
+    method, doc_level = stitch_method(strategy, stitch_rule), strategy.level == "document"
     prefix = len(template(tokenizer).prefix)
     aligned = [align(tokenizer, list(words)) for words in documents]
     windows = doc_windows(strategy, [a.ids for a in aligned], budget)
@@ -397,7 +426,7 @@ def tag_documents(model: TokenModel, tokenizer, documents: Sequence[Sequence[str
             out.append(["O"] * n_words)
             continue
         preds, _ = fold_document(len(aligned[i].ids), aligned[i].word_ids, n_words, ws, per_doc[i], method,
-                                 len(labels), outside, prefix)
+                                 labels, outside, prefix, (aligned[i].offsets, aligned[i].subword))
         out.append([labels[k] for k in preds])
     return out
 
@@ -504,9 +533,9 @@ class NER:
                                 lambda: prepare_data(spec, enc.tokenizer))
         budget = usable_budget(enc.tokenizer, enc.max_positions, spec.budget)
         strategy = spec.strategy.build()
-        check_strategy(strategy)
+        check_strategy(strategy, spec.ner.stitch)
         windows = {s: doc_windows(strategy, data.ids[s], budget) for s in SPLITS}
-        return Prepared(enc, data, budget, strategy, windows, stitch_method(strategy),
+        return Prepared(enc, data, budget, strategy, windows, stitch_method(strategy, spec.ner.stitch),
                         strategy.level == "document", len(template(enc.tokenizer).prefix))
 
     def examples(self, p: Prepared, split: str, item: Callable[[str, int, Window], Any],
@@ -546,7 +575,7 @@ class NER:
                 seen.append([False] * n_words)
                 continue
             w, s = fold_document(len(p.data.ids[split][i]), p.data.word_ids[split][i], n_words, ws, per_doc[i],
-                                 p.method, len(p.data.labels), p.data.outside, p.prefix)
+                                 p.method, p.data.labels, p.data.outside, p.prefix, p.data.pieces[split][i])
             preds.append(w)
             seen.append(s)
         return preds, seen
@@ -643,7 +672,7 @@ class NER:
                              lora_dropout=spec.train.lora_dropout,
                              target_modules=list(spec.train.lora_target_modules))
             encoder = get_peft_model(encoder, cfg)
-        return TokenModel(head, encoder, p.enc.tokenizer.pad_token_id, ctx.device).to(ctx.device)
+        return TokenModel(head, encoder, p.enc.tokenizer.pad_token_id, ctx.device, spec.precision).to(ctx.device)
 
     def _probe_model(self, spec, ctx: Context, p: Prepared, head: TokenHead):
         """Frozen encoder: every distinct window is encoded once per process (shared by the
@@ -651,7 +680,8 @@ class NER:
         from .clf import model_key
 
         mkey = ctx.get(("model_key", spec.model), lambda: model_key(p.enc))
-        cache: dict = ctx.memo.setdefault(("ner-hidden", p.data.key, mkey), {})
+        dtype = compute_dtype(ctx.device, spec.precision)
+        cache: dict = ctx.memo.setdefault(("ner-hidden", p.data.key, mkey, str(dtype)), {})
         keys = [(s, i, w) for s in SPLITS for i, ws in enumerate(p.windows[s]) for w in ws]
         missing = [k for k in dict.fromkeys(keys) if k not in cache]
         t0 = time.perf_counter()
@@ -666,7 +696,9 @@ class NER:
                     ids, mask = pad_batch([inputs[j] for j in batch], enc.tokenizer.pad_token_id)
                     sync(ctx.device)
                     t1 = time.perf_counter()
-                    h = enc.model(input_ids=ids.to(ctx.device), attention_mask=mask.to(ctx.device)).last_hidden_state
+                    with autocast(ctx.device, spec.precision):
+                        h = enc.model(input_ids=ids.to(ctx.device),
+                                      attention_mask=mask.to(ctx.device)).last_hidden_state
                     h = h.float().cpu()
                     sync(ctx.device)
                     dt = time.perf_counter() - t1
@@ -778,12 +810,12 @@ def export_token_classifier(model: TokenModel, labels: list[str], tokenizer, pat
     return str(path)
 
 
-def from_token_classifier(hf: nn.Module, device: torch.device, pad_id: int) -> TokenModel:
+def from_token_classifier(hf: nn.Module, device: torch.device, pad_id: int, precision: str = "auto") -> TokenModel:
     """Wrap a loaded ``AutoModelForTokenClassification`` as a TokenModel (same weights)."""
     d = hf.config.hidden_size
     head = TokenHead(d, hf.config.num_labels)
     head.out = hf.classifier
-    return TokenModel(head, hf.base_model, pad_id, device).eval()
+    return TokenModel(head, hf.base_model, pad_id, device, precision).eval()
 
 
 __all__ = ["NER", "NerData", "TokenHead", "TokenModel", "doc_counts", "entity_set", "export_token_classifier",

@@ -337,11 +337,16 @@ def validate(docs: Sequence[NerDoc], label_set: Sequence[str] | set[str],
 # ----------------------------------------------------------------------------- alignment
 
 class Alignment(NamedTuple):
-    """Sub-token ids, the word index of each, and how many words fell back to unk."""
+    """Sub-token ids, the word index of each, how many words fell back to unk, each
+    sub-token's character span in the words joined by single spaces, and whether the
+    Hugging Face token-classification pipeline reads it as continuing the piece before it
+    (``subword``; see ``pipeline_subword``)."""
 
     ids: list[int]
     word_ids: list[int]
     n_empty: int
+    offsets: list[tuple[int, int]] = []
+    subword: list[bool] = []
 
 
 def align(tokenizer: Any, words: Sequence[str]) -> Alignment:
@@ -351,32 +356,62 @@ def align(tokenizer: Any, words: Sequence[str]) -> Alignment:
     ``.word_ids()`` (fast tokenizers only). Words that tokenize to nothing
     (control/format characters such as "\\u200b", "\\x07", or an empty string)
     would silently lose their label; instead each becomes one unk token and is
-    counted in ``n_empty``. Returns ``Alignment(ids, word_ids, n_empty)``.
+    counted in ``n_empty`` (its span is the whole word). Returns
+    ``Alignment(ids, word_ids, n_empty, offsets)``.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"align needs a fast tokenizer (for word_ids); got {type(tokenizer).__name__}")
     if not words:
-        return Alignment([], [], 0)
-    enc = tokenizer(list(words), is_split_into_words=True, add_special_tokens=False)
+        return Alignment([], [], 0, [], [])
+    enc = tokenizer(list(words), is_split_into_words=True, add_special_tokens=False, return_offsets_mapping=True)
     per_word: list[list[int]] = [[] for _ in words]
-    for tok_id, w in zip(enc["input_ids"], enc.word_ids()):
+    spans: list[list[tuple[int, int]]] = [[] for _ in words]  # offsets within each word
+    for tok_id, w, span in zip(enc["input_ids"], enc.word_ids(), enc["offset_mapping"]):
         if w is not None:
             per_word[w].append(tok_id)
+            spans[w].append(tuple(span))
+    starts, pos = [], 0
+    for word in words:
+        starts.append(pos)
+        pos += len(word) + 1
     fill = tokenizer.unk_token_id
     if fill is None:
         fill = tokenizer.pad_token_id
     ids: list[int] = []
     word_ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
     n_empty = 0
     for w, toks in enumerate(per_word):
         if not toks:
             if fill is None:
                 raise ValueError(f"word {w} ({words[w]!r}) has no sub-tokens and the tokenizer has no unk/pad token")
             toks = [fill]
+            spans[w] = [(0, len(words[w]))]
             n_empty += 1
         ids.extend(toks)
         word_ids.extend([w] * len(toks))
-    return Alignment(ids, word_ids, n_empty)
+        offsets.extend((starts[w] + a, starts[w] + b) for a, b in spans[w])
+    return Alignment(ids, word_ids, n_empty, offsets, pipeline_subword(tokenizer, ids, offsets, " ".join(words)))
+
+
+def pipeline_subword(tokenizer: Any, ids: Sequence[int], offsets: Sequence[tuple[int, int]], text: str) -> list[bool]:
+    """The token-classification pipeline's ``is_subword`` test of each piece (its ``gather_pre_entities``):
+    with a continuing-subword prefix (WordPiece ``##``), a piece whose token text is longer than its
+    span of ``text``; otherwise a piece not preceded by a space. An unk piece never continues.
+    WordPiece splits punctuation inside a word ("U.S." -> u . s .) into pieces without ``##``:
+    the pipeline reads those as new words, so they are not subwords here either."""
+    model = getattr(getattr(tokenizer, "_tokenizer", None), "model", None)
+    prefixed = bool(getattr(model, "continuing_subword_prefix", None))
+    tokens = tokenizer.convert_ids_to_tokens(list(ids))
+    out = []
+    for tok_id, tok, (a, b) in zip(ids, tokens, offsets):
+        if tok_id == tokenizer.unk_token_id:
+            out.append(False)
+        elif prefixed:
+            out.append(len(tok) != b - a)
+        else:
+            out.append(a > 0 and " " not in text[a - 1: a + 1])
+    return out
 
 
 def first_subtoken_labels(word_ids: Sequence[int | None], word_labels: Sequence[Any],

@@ -80,8 +80,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.model import (
-    Loaded, Template, length_batches, linear_warmup, load_encoder, n_params, seed_everything, special_tokens, sync,
-    template, usable_budget, window_ids,
+    Loaded, Template, autocast, compute_dtype, length_batches, linear_warmup, load_encoder, n_params,
+    seed_everything, special_tokens, sync, template, usable_budget, window_ids,
 )
 from bench.store import cache_dir, content_hash, file_hash
 from strategies import ConfigError, DocView, Window, needs, window_len
@@ -327,12 +327,6 @@ def _lse(null: float, x: np.ndarray) -> float:
     return float(m + np.log(np.exp(v - m).sum()))
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def pad_inputs(built: Sequence[tuple], pad_id: int) -> tuple[torch.Tensor, ...]:
     """Pad (ids, type ids, ...) inputs: ids, attention mask, type ids, each (B, W)."""
     width = max(1, max(len(b[0]) for b in built))
@@ -350,7 +344,7 @@ def pad_inputs(built: Sequence[tuple], pad_id: int) -> tuple[torch.Tensor, ...]:
 @torch.inference_mode()
 def forward_windows(model: torch.nn.Module, lay: Layout, pad_id: int,
                     requests: Sequence[tuple[Sequence[int], Sequence[int], Window]], device: torch.device,
-                    batch_size: int = 32, progress: str | None = None) -> list[WindowOut]:
+                    batch_size: int = 32, progress: str | None = None, precision: str = "auto") -> list[WindowOut]:
     """Start/end logits of (question, context, window) inputs, batched by length (longest first)."""
     model.eval()
     built = [lay.pair(q, c, w) for q, c, w in requests]
@@ -362,7 +356,7 @@ def forward_windows(model: torch.nn.Module, lay: Layout, pad_id: int,
         kw = {"token_type_ids": types.to(device)} if lay.token_types else {}
         sync(device)
         t0 = time.perf_counter()
-        with _autocast(device):
+        with autocast(device, precision):
             o = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
         start, end = o.start_logits.float().cpu().numpy(), o.end_logits.float().cpu().numpy()  # (B, W)
         sync(device)
@@ -600,7 +594,7 @@ def fit_qa(model: torch.nn.Module, feats: Sequence[tuple], spec, lay: Layout, pa
             kw = {"token_type_ids": types.to(device)} if lay.token_types else {}
             sp = torch.tensor([feats[i][2] for i in idx], device=device)
             ep = torch.tensor([feats[i][3] for i in idx], device=device)
-            with _autocast(device):
+            with autocast(device):  # training: the device's default precision
                 out = model(input_ids=ids.to(device), attention_mask=mask.to(device), start_positions=sp,
                             end_positions=ep, **kw)
             (out.loss.float() / cfg.grad_accum).backward()
@@ -725,7 +719,7 @@ class ExtractiveQA:
         ft: Loaded = ctx.get(("qa-ft", str(folder), str(device)), lambda: load_encoder(
             str(folder), device, auto_class="AutoModelForQuestionAnswering"))
         lay = layout(ft.tokenizer)
-        cache: dict = ctx.get(("qa-windows", str(folder), data.key), dict)
+        cache: dict = ctx.get(("qa-windows", str(folder), data.key, str(compute_dtype(device, spec.precision))), dict)
 
         rows = data.rows(cfg.context_paragraphs)
         budgets = [usable_budget(tok, base.max_positions, spec.budget, pair=True, question_len=len(it.q_ids))
@@ -740,7 +734,7 @@ class ExtractiveQA:
         t0 = time.perf_counter()
         outs = forward_windows(ft.model, lay, tok.pad_token_id,
                                [(by_key[k[:2]].q_ids, by_key[k[:2]].c_ids, k[2]) for k in missing], device,
-                               spec.batch_size, "predict" if ctx.progress else None)
+                               spec.batch_size, "predict" if ctx.progress else None, spec.precision)
         encode_wall = time.perf_counter() - t0
         cache.update(zip(missing, outs))
 

@@ -210,6 +210,9 @@ def test_same_seed_same_metrics(tiny_model, inline, tmp_path, cache_env):
 # ---------------------------------------------------------------- folding and scoring
 
 
+L3 = ["O", "B-X", "I-X"]  # three labels for hand-built logits
+
+
 def test_fold_document_on_hand_built_logits():
     # 3 words, 4 sub-tokens: word 1 has two pieces. Windows (0, 3) and (1, 4); inputs carry one
     # special token on each side, whose rows hold huge values that must be stripped.
@@ -220,18 +223,18 @@ def test_fold_document_on_hand_built_logits():
     b = torch.tensor([[0.0, 0, 4], [0, 4, 0], [0, 4, 0]])  # window B: tokens 1, 2, 3 -> labels 2, 1, 1
     logits = [torch.cat([big, a, big]), torch.cat([big, b, big])]
     # max context: token 1 -> A (score 1 vs 0), token 3 -> B (only one); word 1 is its first piece, token 1
-    preds, seen = ner.fold_document(n_tokens, word_ids, 3, windows, logits, "max_context", 3, 0, prefix=1)
+    preds, seen = ner.fold_document(n_tokens, word_ids, 3, windows, logits, "max_context", L3, 0, prefix=1)
     assert preds == [1, 2, 1] and seen == [True, True, True]
     # mean: token 1 = mean(A[1], B[0]) = (0, 0, 4.5) -> label 2
-    preds, _ = ner.fold_document(n_tokens, word_ids, 3, windows, logits, "mean", 3, 0, prefix=1)
+    preds, _ = ner.fold_document(n_tokens, word_ids, 3, windows, logits, "mean", L3, 0, prefix=1)
     assert preds == [1, 2, 1]
     b2 = torch.tensor([[6.0, 0, 0], [0, 4, 0], [0, 4, 0]])  # now B outvotes A's token 1 in the mean only
     logits2 = [logits[0], torch.cat([big, b2, big])]
-    assert ner.fold_document(n_tokens, word_ids, 3, windows, logits2, "max_context", 3, 0, 1)[0] == [1, 2, 1]
-    assert ner.fold_document(n_tokens, word_ids, 3, windows, logits2, "mean", 3, 0, 1)[0] == [1, 0, 1]
+    assert ner.fold_document(n_tokens, word_ids, 3, windows, logits2, "max_context", L3, 0, 1)[0] == [1, 2, 1]
+    assert ner.fold_document(n_tokens, word_ids, 3, windows, logits2, "mean", L3, 0, 1)[0] == [1, 0, 1]
     # one head window over tokens 0-1: word 2 unseen -> the outside label, flagged unseen
     preds, seen = ner.fold_document(n_tokens, word_ids, 3, [((0, 2),)], [torch.cat([big, a[:2], big])],
-                                    "max_context", 3, 0, prefix=1)
+                                    "max_context", L3, 0, prefix=1)
     assert preds == [1, 2, 0] and seen == [True, True, False]
 
 
@@ -352,3 +355,50 @@ def test_end_to_end_on_real_wnut(tmp_path, cache_env):
         assert r["metrics"]["entities_gold"] > 0 and 0.0 <= r["metrics"]["f1"] <= 1.0
     by = {r["spec"]["strategy"]["name"]: r for r in runs}
     assert by["sliding"]["metrics"]["words_unseen"] == 0.0 and by["head"]["metrics"]["words_unseen"] > 0.0
+
+
+def test_longest_entity_stitching_reproduces_the_hf_pipeline(tmp_path):
+    """The pipeline's own chunking and entity merge (``stride``, ``aggregation_strategy="first"``) on a tiny
+    random token classifier gives exactly our word tags under ``ner.stitch=longest_entity`` with
+    ``sliding(last=short)``: the like-for-like mode the NER parity benchmark relies on."""
+    import strategies
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, pipeline
+
+    from bench.ner_parity import entities_to_tags
+    from bench.packaged import minilm_path
+
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    window, overlap = 12, 4
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    tok.model_max_length = window + tok.num_special_tokens_to_add(pair=False)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=len(labels),
+                     id2label=dict(enumerate(labels)), label2id={k: i for i, k in enumerate(labels)})
+    hf = BertForTokenClassification(cfg).eval()
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    # random letters give multi-piece words (so windows cut words); words with punctuation inside are split by
+    # WordPiece into pieces without '##', which the pipeline reads as words of their own
+    odd = ["u.s.", "don't", "well-known", "e-mail", "3.5", "a/b"]
+
+    def word() -> str:
+        r = rng.random()
+        return (rng.choice(FILLER + PEOPLE) if r < 0.5 else rng.choice(odd) if r < 0.65
+                else "".join(rng.choices(letters, k=rng.randint(5, 12))))
+
+    docs = [[word() for _ in range(rng.randint(5, 40))] for _ in range(12)]
+    pipe = pipeline("token-classification", model=hf, tokenizer=tok, aggregation_strategy="first", stride=overlap,
+                    device=torch.device("cpu"))
+    theirs = [entities_to_tags(e, w) for e, w in zip(pipe(docs, is_split_into_words=True), docs)]
+    model = ner.from_token_classifier(hf, torch.device("cpu"), tok.pad_token_id)
+    strategy = strategies.build("sliding", window=window, overlap=overlap, last="short", pool="max")
+    ours = ner.tag_documents(model, tok, docs, strategy, window, labels, 8, stitch_rule="longest_entity")
+    assert ours == theirs
+    assert sum(t != "O" for d in ours for t in d) > 20  # the random model does tag entities
+    n_long = sum(len(align(tok, d).ids) > window for d in docs)
+    assert n_long >= 6  # several windows per document, so overlaps are resolved
+    max_ctx = ner.tag_documents(model, tok, docs, strategy, window, labels, 8)
+    assert max_ctx != ours  # the two rules differ on these documents; the test exercises the merge
+    with pytest.raises(ConfigError, match="longest_entity"):
+        ner.stitch_method(strategies.build("hierarchical"), "longest_entity")

@@ -24,7 +24,10 @@ from tasks.ner_data import (
     subtoken_to_word,
     validate,
 )
-from tasks.stitch import context_scores, stitch, stitch_max_context, stitch_mean
+from tasks.stitch import (
+    context_scores, entity_tags, merge_longest, stitch, stitch_longest_entity, stitch_max_context, stitch_mean,
+    window_entities,
+)
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "new", "york", "##er", "##s",
          "play", "the", ".", "pl", "##ay"]
@@ -117,6 +120,66 @@ def test_stitch_rejects_mismatched_shapes():
     assert logits.shape == (3, 2) and not seen.any()
 
 
+ENT = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def onehot(labels: list[str], confidence: float = 5.0) -> torch.Tensor:
+    """Logit rows that predict the given labels (higher ``confidence`` -> higher softmax score)."""
+    rows = torch.zeros(len(labels), len(ENT))
+    for r, lab in enumerate(labels):
+        rows[r, ENT.index(lab)] = confidence
+    return rows
+
+
+def test_window_entities_group_like_the_pipeline():
+    # words 0..4, one sub-token each; an orphan I-LOC starts an entity, B- always starts one
+    word_ids = [0, 1, 2, 3, 4]
+    got = window_entities([0, 1, 2, 3, 4], onehot(["B-PER", "I-PER", "O", "I-LOC", "B-LOC"]), word_ids, ENT)
+    assert [e[2:3] + e[4:] for e in got] == [("PER", 0, 2), ("LOC", 3, 4), ("LOC", 4, 5)]
+    # a word cut by the window's start is labelled from its continuation piece; a word's later pieces
+    # extend its character span but not its label. Words "abcd efg" -> pieces ab|cd efg|... at chars 0-2, 2-4, 5-7
+    offsets = [(0, 2), (2, 4), (5, 7), (7, 8)]
+    got = window_entities([1, 2, 3], onehot(["B-PER", "B-LOC", "O"]), [0, 0, 1, 1], ENT, offsets)
+    assert got[0][:3] == (2, 4, "PER") and got[1][:3] == (5, 8, "LOC") and [e[4:] for e in got] == [(0, 1), (1, 2)]
+    # the score is the mean of the words' softmax scores
+    rows = torch.tensor([[0.0, 2.0, 0, 0, 0], [0, 0, 1.0, 0, 0]])
+    (_, _, _, score, _, _), = window_entities([0, 1], rows, [0, 1], ENT)
+    p = torch.softmax(rows, -1)
+    assert score == pytest.approx(float((p[0, 1] + p[1, 2]) / 2))
+
+
+def test_merge_keeps_the_longest_of_overlapping_entities_then_the_higher_score():
+    a, b = (20, 40, "PER", 0.9, 2, 4), (30, 60, "LOC", 0.5, 3, 6)  # b starts inside a and is longer
+    assert merge_longest([a, b]) == [b]
+    short = (30, 35, "LOC", 0.99, 3, 4)
+    assert merge_longest([a, short]) == [a]  # shorter, whatever its score
+    c = (20, 40, "LOC", 0.95, 2, 4)
+    assert merge_longest([a, c]) == [c] and merge_longest([c, a]) == [c]  # equal length: higher score
+    assert merge_longest([a, (20, 40, "PER", 0.9, 2, 4)]) == [a]  # equal everything: the earlier one
+    apart = [(0, 5, "PER", 0.1, 0, 1), (6, 9, "LOC", 0.1, 1, 2)]
+    assert merge_longest(apart) == apart and merge_longest([]) == []
+
+
+def test_entity_tags_first_tag_wins():
+    assert entity_tags([("PER", [1, 2]), ("LOC", [2, 3])], 5) == ["O", "B-PER", "I-PER", "I-LOC", "O"]
+
+
+def test_stitch_longest_entity_across_two_windows():
+    # 6 words, one sub-token each; windows (0, 4) and (2, 6) overlap on words 2-3
+    w0 = onehot(["O", "O", "B-PER", "O"])  # sees a one-word PER at word 2
+    w1 = onehot(["B-LOC", "I-LOC", "I-LOC", "O"])  # sees a three-word LOC at words 2-4
+    tags, seen = stitch_longest_entity(6, list(range(6)), 6, [((0, 4),), ((2, 6),)], [w0, w1], ENT)
+    assert tags == ["O", "O", "B-LOC", "I-LOC", "I-LOC", "O"] and seen == [True] * 6
+    # max-context stitching of the same rows takes word 2 from window 0 (more context there): a different answer
+    logits, _ = stitch_max_context(6, [((0, 4),), ((2, 6),)], [w0, w1])
+    assert [ENT[k] for k in logits.argmax(1).tolist()] == ["O", "O", "B-PER", "I-LOC", "I-LOC", "O"]
+    # a word no window holds is unseen and O
+    tags, seen = stitch_longest_entity(6, list(range(6)), 6, [((0, 4),)], [w0], ENT)
+    assert tags[4:] == ["O", "O"] and seen == [True] * 4 + [False] * 2
+    with pytest.raises(ValueError, match="offsets for 6 tokens"):
+        stitch_longest_entity(6, list(range(6)), 6, [((0, 4),)], [w0], ENT, offsets=[(0, 1)])
+
+
 # ----------------------------------------------------------------------------- alignment
 
 def test_round_trip_word_labels_through_subtokens(tokenizer):
@@ -126,6 +189,9 @@ def test_round_trip_word_labels_through_subtokens(tokenizer):
     assert a.n_empty == 0
     assert a.word_ids == [0, 1, 2, 2, 2, 3, 4, 5]  # york ##er ##s; "zzz" -> [UNK]
     assert a.ids[1:5] == [7, 8, 9, 10]
+    text = " ".join(words)  # offsets locate every piece in the joined words
+    assert [text[x:y] for x, y in a.offsets] == ["Hello", "New", "York", "er", "s", "play", "zzz", "."]
+    assert a.subword == [False, False, False, True, True, False, False, False]  # ##er ##s continue a word
     labels = first_subtoken_labels(a.word_ids, tags)
     assert labels == ["O", "B-loc", "I-loc", -100, -100, "O", "B-x", "O"]
     assert subtoken_to_word(a.word_ids, labels, len(words)) == tags
@@ -136,7 +202,7 @@ def test_zero_subtoken_words_become_unk_and_are_counted(tokenizer):
     raw = tokenizer(words, is_split_into_words=True, add_special_tokens=False).word_ids()
     assert set(raw) == {0, 2, 5}  # the tokenizer alone drops three words
     a = align(tokenizer, words)
-    assert a.n_empty == 3
+    assert a.n_empty == 3 and len(a.offsets) == len(a.ids)
     assert sorted(set(a.word_ids)) == list(range(len(words)))
     assert a.ids == [5, tokenizer.unk_token_id, 7, tokenizer.unk_token_id, tokenizer.unk_token_id, 8, 9, 10]
     tags = ["O", "B-a", "O", "B-b", "I-b", "O"]
@@ -144,7 +210,7 @@ def test_zero_subtoken_words_become_unk_and_are_counted(tokenizer):
 
 
 def test_align_empty_and_slow_tokenizer(tokenizer):
-    assert align(tokenizer, []) == ([], [], 0)
+    assert align(tokenizer, []) == ([], [], 0, [], [])
 
     class Slow:
         is_fast = False
