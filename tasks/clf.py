@@ -389,9 +389,19 @@ def _key_from_list(k: list) -> tuple:
 # ---------------------------------------------------------------- the task
 
 
+MODEL_FILES = ("*.safetensors", "*.bin", "tokenizer.json", "vocab.txt", "merges.txt", "*.model",
+               "tokenizer_config.json", "special_tokens_map.json")
+
+
 def model_key(enc: Loaded) -> str:
-    weights = sorted(Path(enc.path).glob("*.safetensors")) if Path(enc.path).is_dir() else []
-    return content_hash(enc.path, enc.model.config.to_dict(), [file_hash(w) for w in weights])
+    """What a model computes, for cache keys: its config and the hashes of its weight and tokenizer
+    files. A local folder is known by its content, not its place, so two checkouts (or venvs) holding
+    the same files share caches; a model without local weight files (a hub id) is known by its name."""
+    folder = Path(enc.path)
+    files = sorted({f for pat in MODEL_FILES for f in folder.glob(pat)}) if folder.is_dir() else []
+    config = {k: v for k, v in enc.model.config.to_dict().items() if k != "_name_or_path"}
+    named = [] if any(f.suffix in (".safetensors", ".bin") for f in files) else [enc.path]
+    return content_hash(*named, config, [(f.name, file_hash(f)) for f in files])
 
 
 @register_task("clf")
@@ -452,7 +462,7 @@ class Classification:
         check_empty(data, spec.empty_docs)
         budget = usable_budget(enc.tokenizer, enc.max_positions, spec.budget)
         strategy = spec.strategy.build()
-        windows, select_s = self._windows(strategy, ctx, data, enc, budget)
+        windows, select_s, split_s = self._windows(strategy, ctx, data, enc, budget)
         seed_everything(spec.seed)
         d = enc.model.config.hidden_size
         head = Head(d, len(data.labels), aggregator=strategy.pool if doc_level(strategy) else "mean",
@@ -462,19 +472,26 @@ class Classification:
         else:
             res = self._finetune(spec, ctx, enc, data, windows, head, budget, strategy)
         if needs(strategy):  # sentence selection; for span strategies windows() is arithmetic, not a cost
-            res.measurements.update(select_seconds_test=select_s["test"], select_seconds_all=sum(select_s.values()))
+            res.measurements.update(select_seconds_test=select_s["test"], select_seconds_all=sum(select_s.values()),
+                                    sentence_split_seconds=split_s)
         return res
 
     @staticmethod
     def _windows(strategy, ctx: Context, data: ClfData, enc: Loaded, budget: int):
-        """Every document's windows, and the time the strategy took to choose them (selection
-        cost, reported apart from model time). Sentence views are built once per data set."""
-        views = None
+        """Every document's windows, the time the strategy took to choose them per split (selection
+        cost, reported apart from model time), and the time sentence splitting took: the views are
+        built once per data set and shared by every selection cell (0.0 when none are needed)."""
+        views, split_s = None, 0.0
         if "sentences" in needs(strategy):
             from tasks.sentences import doc_views
 
-            views = ctx.get(("sentences", data.key, id(enc.tokenizer)), lambda: {
-                s: doc_views(data.texts[s], enc.tokenizer, lengths=[len(x) for x in data.ids[s]]) for s in SPLITS})
+            def build():
+                t0 = time.perf_counter()
+                v = {s: doc_views(data.texts[s], enc.tokenizer, lengths=[len(x) for x in data.ids[s]])
+                     for s in SPLITS}
+                return v, time.perf_counter() - t0
+
+            views, split_s = ctx.get(("sentences", data.key, id(enc.tokenizer)), build)
         windows, seconds = {}, {}
         for s in SPLITS:
             windows[s], seconds[s] = [], 0.0
@@ -482,7 +499,7 @@ class Classification:
                 ws, sec = timed_windows(strategy, len(ids), budget, views[s][i] if views else None)
                 windows[s].append(ws)
                 seconds[s] += sec
-        return windows, seconds
+        return windows, seconds, split_s
 
     # groups: a document's windows (doc level) or one window each (window level)
     @staticmethod
@@ -572,7 +589,7 @@ class Classification:
                     spec.text_col, spec.label_col)]
         out = list(keys)
         for strat in {c.strategy for c in same} - {spec.strategy}:
-            windows, _ = Classification._windows(strat.build(), ctx, data, enc, budget)
+            windows, _, _ = Classification._windows(strat.build(), ctx, data, enc, budget)
             out += [(s, i, w) for s in SPLITS for i, ws in enumerate(windows[s]) for w in ws]
         return out
 

@@ -190,6 +190,8 @@ def test_selection_and_adaptive_strategies_run_through_the_task(tiny_model, tiny
         # selection time is recorded for the strategies that select sentences, and only for them
         selects = r["spec"]["strategy"]["name"] != "adaptive"
         assert (m["select_seconds_test"] > 0) if selects else ("select_seconds_test" not in m)
+        # splitting into sentences is timed apart from selection: once per data set, shared by the cells
+        assert (m["sentence_split_seconds"] > 0) if selects else ("sentence_split_seconds" not in m)
         if r["spec"]["strategy"]["name"] != "head_select":
             assert m["compute_multiplier"] <= 1.0 + 1e-9 or r["spec"]["strategy"]["name"] == "adaptive"
 
@@ -215,3 +217,23 @@ def test_encoder_sharing_rows_of_another_sweep_are_added_not_overwritten(tmp_pat
     summarise("a", 3.0)
     rows = json.loads((tmp_path / "encoder_sharing.json").read_text())
     assert sorted((r["dataset"], r["encoder_s_all"]) for r in rows) == [("a", 9.0), ("b", 6.0)]
+
+
+def test_model_key_follows_the_files_not_their_place(tiny_model, tmp_path):
+    """Two copies of one model folder share caches (a second checkout does not re-encode); changed
+    weights or tokenizer files do not."""
+    import shutil
+
+    from bench.model import load_encoder
+    from tasks.clf import model_key
+
+    cpu = torch.device("cpu")
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    assert model_key(load_encoder(tiny_model, cpu)) == model_key(load_encoder(str(copy), cpu))
+    from transformers import BertModel
+
+    other = BertModel.from_pretrained(str(copy))
+    with torch.no_grad():
+        other.embeddings.word_embeddings.weight[0] += 1.0  # one changed weight
+    other.save_pretrained(copy)
+    assert model_key(load_encoder(str(copy), cpu)) != model_key(load_encoder(tiny_model, cpu))

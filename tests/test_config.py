@@ -34,6 +34,9 @@ def test_profile_and_overrides():
     ("seeds=[]", "seeds is empty"),
     ("empty_docs=drop", "empty_docs"),
     ("pooler", "not key=value"),
+    ("precision=fp16", "precision must be one of"),
+    ("ner.stitch=vote", "ner.stitch must be one of"),
+    ("ner.stich=mean", "Did you mean 'stitch'"),
 ])
 def test_bad_config_is_a_clear_error(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -68,3 +71,58 @@ def test_overrides_may_follow_the_flags(monkeypatch):
     assert seen == {"overrides": ["seeds=[0]", "train.lr=0.1"], "profile": "smoke"}
     with pytest.raises(SystemExit):
         cli.main(["bench", "clf", "--profile", "smoke", "--no-such-flag"])
+
+
+def test_later_fields_keep_earlier_run_ids():
+    """``precision`` and ``ner`` were added after results were recorded: at their defaults they are left
+    out of the spec, so every committed run_id still names the same cell; set, they change it."""
+    from bench.results import run_id
+
+    base = load_sweep("ner").cells()[0]
+    d = base.to_dict()
+    assert "precision" not in d and "ner" not in d and "qa" in d
+    bf16 = load_sweep("ner", ["precision=bfloat16"]).cells()[0].to_dict()
+    rule = load_sweep("ner", ["ner.stitch=longest_entity"]).cells()[0].to_dict()
+    assert bf16["precision"] == "bfloat16" and rule["ner"] == {"stitch": "longest_entity"}
+    assert len({run_id(d), run_id(bf16), run_id(rule)}) == 3
+    # the default sweep's cells still hash to the run_ids of the committed default leaderboard
+    from pathlib import Path
+
+    from bench.results import read_jsonl
+    from tasks.ner import NER
+
+    committed = {r["run_id"] for r in read_jsonl(Path(__file__).parent.parent / "results" / "ner" / "runs.jsonl")}
+    now = {run_id({**c.to_dict(), "task_version": NER.version}) for c in load_sweep("ner").cells()}
+    assert now <= committed
+
+
+def test_precision_names_agree_and_resolve_per_device():
+    import torch
+
+    from bench import config, model
+
+    assert set(model.PRECISIONS) == {"auto", "float32", "bfloat16"}
+    for p in model.PRECISIONS:  # the config's check (no torch import there) accepts exactly these
+        load_sweep("clf", [f"precision={p}"])
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert model.compute_dtype(cpu) == torch.float32 and model.compute_dtype(cuda) == torch.bfloat16
+    assert model.compute_dtype(cpu, "bfloat16") == torch.bfloat16 and model.compute_dtype(cuda, "float32") == torch.float32
+    assert not model.autocast(cpu).fast_dtype == torch.bfloat16 or not model.autocast(cpu)._enabled
+    with model.autocast(cpu, "bfloat16"):
+        y = torch.nn.functional.linear(torch.randn(4, 8), torch.randn(3, 8))
+    assert y.dtype == torch.bfloat16
+    with model.autocast(cpu, "float32"):
+        assert torch.nn.functional.linear(torch.randn(4, 8), torch.randn(3, 8)).dtype == torch.float32
+    assert config.NER().stitch == "auto"
+
+
+def test_list_names_every_built_in_source_of_every_task(capsys):
+    from bench.cli import main
+    from tasks.ner_data import SILVER_SOURCES
+    from tasks.qa_data import BUILTIN_FILES
+    from tasks.sources import SOURCES
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in [*SOURCES, "wnut16", *SILVER_SOURCES, *BUILTIN_FILES, "clf", "ner", "qa", "sliding", "minilm"]:
+        assert name in out, name

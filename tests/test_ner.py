@@ -402,3 +402,33 @@ def test_longest_entity_stitching_reproduces_the_hf_pipeline(tmp_path):
     assert max_ctx != ours  # the two rules differ on these documents; the test exercises the merge
     with pytest.raises(ConfigError, match="longest_entity"):
         ner.stitch_method(strategies.build("hierarchical"), "longest_entity")
+
+
+@pytest.mark.slow
+def test_end_to_end_on_real_silver_long_articles(tmp_path, cache_env, monkeypatch):
+    """The long-document path on real packaged data: NewsArticles tagged by spaCy at prepare time (a few
+    articles, so CI stays fast), the real MiniLM, windows of 128, both stitching families; every table
+    line says silver."""
+    from tasks import ner_data
+
+    real = ner.load_source
+
+    def few(name):
+        if name != "news_silver":
+            return real(name)
+        tr, va, te = ner_data.split_docs(ner_data.load_news_silver(limit=16))
+        return {"train": tr, "val": va, "test": te}, ner_data.silver_label_set()
+
+    monkeypatch.setattr(ner, "load_source", few)
+    sweep = load_sweep("ner", ["dataset=news_silver", "train.epochs=2", "train.lr=5e-4", "seeds=[0]", "budgets=[128]",
+                               "batch_size=16", "train.max_windows_train=2",
+                               "strategies=[head, {name: sliding, pool: max, last: short}]"])
+    summary = run(sweep, tmp_path / "results")
+    assert summary.ok, summary.failed
+    runs = {r["spec"]["strategy"]["name"]: r for r in read_jsonl(tmp_path / "results" / "ner" / "runs.jsonl")}
+    for r in runs.values():
+        assert r["data_label"] == "silver" and r["metrics"]["entities_gold"] > 0
+    assert runs["sliding"]["metrics"]["words_unseen"] == 0.0 and runs["head"]["metrics"]["entities_unseen"] > 0.3
+    assert runs["sliding"]["measurements"]["windows_per_doc"] > 2  # the articles are several windows long
+    board = leaderboard(runs.values(), root=tmp_path / "results" / "ner").markdown()
+    assert "silver" in board and "sliding[last=short,pool=max]" in board

@@ -171,3 +171,13 @@ def test_peft_methods_are_their_own_groups_never_seeds_of_full():
 
     df = long_frame([run("full", 0, "a"), run("full", 1, "b"), run("lora", 0, "c"), run("ia3", 0, "d")])
     assert df.groupby("mode")["seed"].count().to_dict() == {"finetune": 2, "finetune:lora": 1, "finetune:ia3": 1}
+
+
+def test_mode_label_separates_precision_and_stitching_from_the_defaults():
+    from bench.tables import mode_label, table_mode
+
+    base = {"mode": "finetune", "train": {"finetune": "full"}}
+    assert table_mode(base) == "finetune" and mode_label({"mode": "probe"}) == "probe"
+    assert mode_label({**base, "precision": "bfloat16"}) == "finetune:full+bfloat16"
+    assert table_mode({**base, "precision": "auto", "ner": {"stitch": "auto"}}) == "finetune"
+    assert mode_label({**base, "ner": {"stitch": "longest_entity"}}) == "finetune:full+stitch=longest_entity"
