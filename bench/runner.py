@@ -32,7 +32,7 @@ from tasks import CellResult, Context, get_task
 
 from .config import RunSpec, Sweep
 from .measure import environment, peak_memory
-from .model import pick_device
+from .model import compute_dtype, pick_device
 from .results import SCHEMA_VERSION, check_store, commit_run, done_ids, run_id, runs_path, scan_jsonl
 
 
@@ -149,7 +149,8 @@ def run_cell(spec: RunSpec, ctx: Context, task, env: dict[str, Any], oom_retries
     if out.status != "ok":
         return {**base, "status": out.status, "error": out.error, "traceback": out.traceback}, []
     res = out.result
-    measurements = {**res.measurements, **out.memory, "wall_s": out.wall_s}
+    measurements = {**res.measurements, **out.memory, "wall_s": out.wall_s,
+                    "compute_dtype": str(compute_dtype(ctx.device, spec.precision)).removeprefix("torch.")}
     if "model_flops" in measurements:  # real-token FLOPs per second as a share of the matmul rate measured now
         from .flops import utilisation
 

@@ -237,3 +237,26 @@ def test_model_key_follows_the_files_not_their_place(tiny_model, tmp_path):
         other.embeddings.word_embeddings.weight[0] += 1.0  # one changed weight
     other.save_pretrained(copy)
     assert model_key(load_encoder(str(copy), cpu)) != model_key(load_encoder(tiny_model, cpu))
+
+
+def test_bfloat16_inference_is_its_own_cell_and_records_its_dtype(tiny_model, tiny_data, tmp_path, cache_env):
+    """``precision=bfloat16`` reaches the encoder on a CPU: another run_id, another span cache, vectors
+    that differ from float32 only by rounding, and a leaderboard mode of its own."""
+    base = ("strategies=[head]", "budgets=[32]")
+    run(sweep_for(tiny_model, tiny_data, *base), tmp_path / "r")
+    run(sweep_for(tiny_model, tiny_data, *base, "precision=bfloat16"), tmp_path / "r")
+    runs = read_jsonl(tmp_path / "r" / "clf" / "runs.jsonl")
+    assert [r["measurements"]["compute_dtype"] for r in runs] == ["float32", "bfloat16"]
+    assert runs[0]["run_id"] != runs[1]["run_id"] and runs[1]["spec"]["precision"] == "bfloat16"
+    assert runs[1]["measurements"]["windows_encoded_now"] > 0  # not served from the float32 span cache
+    assert abs(runs[0]["metrics"]["macro_f1"] - runs[1]["metrics"]["macro_f1"]) < 0.2
+    modes = set(leaderboard(runs, root=tmp_path / "r" / "clf").cells["mode"])
+    assert modes == {"probe", "probe+bfloat16"}
+    # the encoder's forward really runs in bf16: same inputs, vectors equal up to bf16 rounding only
+    from bench.model import encode, load_encoder
+
+    enc = load_encoder(tiny_model, torch.device("cpu"))
+    inputs = [[101, 2000 + i, 2100 + i, 102] for i in range(4)]
+    f32, b16 = (encode(enc.model, inputs, enc.tokenizer.pad_token_id, torch.device("cpu"), precision=p).vectors
+                for p in ("float32", "bfloat16"))
+    assert not torch.equal(f32, b16) and torch.allclose(f32, b16, atol=0.05, rtol=0.05)

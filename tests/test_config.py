@@ -106,13 +106,14 @@ def test_precision_names_agree_and_resolve_per_device():
         load_sweep("clf", [f"precision={p}"])
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert model.compute_dtype(cpu) == torch.float32 and model.compute_dtype(cuda) == torch.bfloat16
-    assert model.compute_dtype(cpu, "bfloat16") == torch.bfloat16 and model.compute_dtype(cuda, "float32") == torch.float32
-    assert not model.autocast(cpu).fast_dtype == torch.bfloat16 or not model.autocast(cpu)._enabled
-    with model.autocast(cpu, "bfloat16"):
-        y = torch.nn.functional.linear(torch.randn(4, 8), torch.randn(3, 8))
-    assert y.dtype == torch.bfloat16
-    with model.autocast(cpu, "float32"):
-        assert torch.nn.functional.linear(torch.randn(4, 8), torch.randn(3, 8)).dtype == torch.float32
+    assert model.compute_dtype(cpu, "bfloat16") == torch.bfloat16
+    assert model.compute_dtype(cuda, "float32") == torch.float32
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    for precision, dtype in (("auto", torch.float32), ("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        with model.autocast(cpu, precision):  # the region a task's inference forward runs in
+            assert torch.nn.functional.linear(x, w).dtype == dtype, precision
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        model.compute_dtype(cpu, "fp16")
     assert config.NER().stitch == "auto"
 
 
