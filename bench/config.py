@@ -74,7 +74,7 @@ class NER:
     stitch: str = "auto"  # auto | max_context | mean | longest_entity
 
     def __post_init__(self) -> None:
-        valid = ("auto", "max_context", "mean", "longest_entity")
+        valid = ("auto", "max_context", "mean", "longest_entity")  # tasks/ner.py STITCH_CHOICES + auto
         if self.stitch not in valid:
             raise ConfigError(f"ner.stitch must be one of {valid}, got {self.stitch!r}")
 
@@ -218,7 +218,8 @@ class Sweep:
 
 
 LATER_FIELDS = ("ner", "precision")
-_DEFAULTS = {"ner": NER(), "precision": "auto"}
+_DEFAULTS = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+             for f in fields(RunSpec) if f.name in LATER_FIELDS}
 
 
 def _err_unknown(key: str, valid: list[str], where: str) -> ConfigError:

@@ -244,8 +244,7 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     """The dtype an inference forward pass's matmuls run in: the one precision rule of every task.
 
-    ``auto``: bf16 autocast on CUDA, float32 elsewhere (the default, and what every
-    committed CPU leaderboard ran); ``bfloat16``: bf16 autocast on any device (CPUs
+    ``auto`` (the default): bf16 autocast on CUDA, float32 elsewhere; ``bfloat16``: bf16 autocast on any device (CPUs
     with AVX512-BF16 or AMX run it natively; on others it is emulated and slower);
     ``float32``: no autocast. Weights stay float32; only the autocast region (the
     encoder's forward) changes. Training always runs ``auto`` (a run's ``precision``

@@ -440,13 +440,13 @@ class Classification:
             lines.append(f"budget {budget}: encoder time of all {len(per_strategy)} strategies = {ratio:.2f}x one "
                          f"sliding pass ({t_all:.1f}s vs {t_sliding:.1f}s; {len(union)} vs {len(sliding)} windows, "
                          f"{tok_all / max(1, tok_sliding):.2f}x its tokens)")
-        if rows:  # one row per (sweep sample, budget): a sweep on other data adds rows, it never overwrites
+        if rows:  # one row per (sweep sample, compute dtype, budget): another sweep adds rows, never overwrites
             path = Path(out_dir) / "encoder_sharing.json"
             old = json.loads(path.read_text()) if path.exists() else []
 
-            def ident(r: dict) -> str:
-                return json.dumps([r.get(k) for k in ("dataset", "model", "data_seed", "limits", "budget")],
-                                  sort_keys=True)
+            def ident(r: dict) -> str:  # rows written before compute_dtype was recorded are CPU float32 runs
+                return json.dumps([r.get(k) for k in ("dataset", "model", "data_seed", "limits", "budget")]
+                                  + [r.get("compute_dtype", "float32")], sort_keys=True)
 
             new = {ident(r) for r in rows}
             rows = [r for r in old if ident(r) not in new] + rows
@@ -559,7 +559,7 @@ class Classification:
         ctx.memo.setdefault(("grid-windows", budget), {})[spec.strategy.label] = set(keys)
         ctx.memo[("span-cache-of", budget)] = cache
         ctx.memo[("grid-of", budget)] = {"dataset": spec.dataset, "model": spec.model, "data_seed": spec.data_seed,
-                                         "limits": asdict(spec.limits)}
+                                         "limits": asdict(spec.limits), "compute_dtype": dtype.removeprefix("torch.")}
 
         def item(split, i, ws):
             return torch.stack([cache.rows[(split, i, w)][0] for w in ws])  # (K, d)

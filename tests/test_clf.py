@@ -202,13 +202,14 @@ def test_encoder_sharing_rows_of_another_sweep_are_added_not_overwritten(tmp_pat
     import json
     from types import SimpleNamespace
 
-    def summarise(dataset, seconds):
+    def summarise(dataset, seconds, dtype=None):
         w1, w2, w3 = ((0, 8),), ((4, 12),), ((0, 4), (8, 12))
         cache = SimpleNamespace(rows={("test", 0, w): (None, seconds, 8) for w in (w1, w2, w3)})
         memo = {("grid-windows", 8): {"sliding": {("test", 0, w1), ("test", 0, w2)}, "head": {("test", 0, w1)},
                                       "head_tail": {("test", 0, w3)}},
                 ("span-cache-of", 8): cache,
-                ("grid-of", 8): {"dataset": dataset, "model": "m", "data_seed": 0, "limits": {"test": 1}}}
+                ("grid-of", 8): {"dataset": dataset, "model": "m", "data_seed": 0, "limits": {"test": 1},
+                                 **({"compute_dtype": dtype} if dtype else {})}}
         return Classification().summary(Context(device=torch.device("cpu"), memo=memo), tmp_path)
 
     (line,) = summarise("a", 1.0)
@@ -217,6 +218,13 @@ def test_encoder_sharing_rows_of_another_sweep_are_added_not_overwritten(tmp_pat
     summarise("a", 3.0)
     rows = json.loads((tmp_path / "encoder_sharing.json").read_text())
     assert sorted((r["dataset"], r["encoder_s_all"]) for r in rows) == [("a", 9.0), ("b", 6.0)]
+    # another precision on the same sample is another row; a row from before compute_dtype was recorded
+    # counts as float32, so a float32 rerun replaces it
+    summarise("b", 4.0, "bfloat16")
+    summarise("a", 5.0, "float32")
+    rows = json.loads((tmp_path / "encoder_sharing.json").read_text())
+    assert sorted((r["dataset"], r.get("compute_dtype", "-"), r["encoder_s_all"]) for r in rows) == [
+        ("a", "float32", 15.0), ("b", "-", 6.0), ("b", "bfloat16", 12.0)]
 
 
 def test_model_key_follows_the_files_not_their_place(tiny_model, tmp_path):

@@ -114,7 +114,11 @@ def test_precision_names_agree_and_resolve_per_device():
             assert torch.nn.functional.linear(x, w).dtype == dtype, precision
     with pytest.raises(ConfigError, match="precision must be one of"):
         model.compute_dtype(cpu, "fp16")
+    from tasks.ner import STITCH_CHOICES
+
     assert config.NER().stitch == "auto"
+    for choice in ("auto", *STITCH_CHOICES):  # the config's list (no task import there) accepts exactly these
+        assert load_sweep("ner", [f"ner.stitch={choice}"]).ner.stitch == choice
 
 
 def test_list_names_every_built_in_source_of_every_task(capsys):

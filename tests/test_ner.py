@@ -199,6 +199,18 @@ def test_probe_and_lora_modes(tiny_model, inline, tmp_path, cache_env, extra):
         assert 0.0 <= r["metrics"]["f1"] <= 1.0
 
 
+def test_longest_entity_runs_through_the_runner_and_predicts_every_word(tiny_model, inline, tmp_path, cache_env):
+    summary = run(sweep_for(tiny_model, "strategies=[{name: sliding, pool: max, last: short}]",
+                            "ner.stitch=longest_entity"), tmp_path)
+    assert summary.ok, summary.failed
+    (r,) = read_jsonl(tmp_path / "ner" / "runs.jsonl")
+    assert r["info"]["stitch"] == "longest_entity" and r["spec"]["ner"] == {"stitch": "longest_entity"}
+    assert r["metrics"]["words_unseen"] == 0.0
+    rows = sidecar(tmp_path, r)
+    assert all(len(row["pred"]) == row["n_words"] for row in rows) and sum(row["n_tokens"] > 16 for row in rows) >= 10
+    assert all(t == "O" or t[:2] in ("B-", "I-") for row in rows for t in row["pred"])
+
+
 def test_same_seed_same_metrics(tiny_model, inline, tmp_path, cache_env):
     sweep = sweep_for(tiny_model, "strategies=[{name: sliding, pool: max}]")
     run(sweep, tmp_path / "a")
