@@ -353,7 +353,10 @@ def parity_markdown(p: dict[str, Any]) -> str:
              f"`max_seq_len={p['max_seq_len']}`, `doc_stride={p['doc_stride_hf']}` as the pipeline means it "
              f"(Hugging Face's tokenizer `stride`: the overlap). ctxbench: `sliding` with window = "
              f"{p['max_seq_len']} − question − 3 special tokens and step = window − {p['doc_stride_hf']}, "
-             f"`max_logit_sum`, answers ≤ 30 tokens. Pipeline: `max_answer_len=30`, `align_to_words=False`, "
+             f"answers ≤ 30 tokens, in three configurations: its defaults (the last window full length and "
+             f"aligned to the context's end, `max_logit_sum`), **equivalent** (`sliding(last=short)`: the "
+             f"pipeline's window placement, and `qa.fold: pipeline_softmax`: its span score), and equivalent "
+             f"in bf16 (`precision: bfloat16`). Pipeline: `max_answer_len=30`, `align_to_words=False`, "
              f"`batch_size=1` (its default), transformers {p['peer']['transformers']} in a worker process "
              f"(transformers 5 has no question-answering pipeline). Both on {p['threads']} CPU threads, "
              f"sdpa attention, float32 unless a row says bf16.", "", "## Same answer text", ""]
