@@ -69,14 +69,20 @@ class NER:
     ``longest_entity`` = the Hugging Face token-classification pipeline's rule (each
     window decoded alone, overlapping entities resolved longest-first): for
     like-for-like comparisons with it (see tasks/stitch.py).
+    ``empty_words``: a word that tokenizes to no sub-token (a control or format
+    character) gets one unk token and so a prediction (``unk``), or none, as Hugging
+    Face's tokenizer leaves it (``drop``: scored ``O``, counted unseen); counted either way.
     """
 
     stitch: str = "auto"  # auto | max_context | mean | longest_entity
+    empty_words: str = "unk"  # unk | drop
 
     def __post_init__(self) -> None:
         valid = ("auto", "max_context", "mean", "longest_entity")  # tasks/ner.py STITCH_CHOICES + auto
         if self.stitch not in valid:
             raise ConfigError(f"ner.stitch must be one of {valid}, got {self.stitch!r}")
+        if self.empty_words not in ("unk", "drop"):  # tasks/ner_data.py EMPTY_WORDS
+            raise ConfigError(f"ner.empty_words must be 'unk' or 'drop', got {self.empty_words!r}")
 
 
 @dataclass(frozen=True)

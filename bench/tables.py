@@ -491,13 +491,17 @@ def table_mode(spec: dict) -> str:
 
 def mode_label(spec: dict) -> str:
     """``probe``, or ``finetune`` with its kind (``finetune:lora``): the kinds are different methods.
-    A non-default inference precision or NER stitching rule is appended (``probe+bfloat16``,
+    A non-default inference precision or NER setting is appended (``probe+bfloat16``,
     ``finetune:full+stitch=longest_entity``), so such runs never average with the defaults'."""
+    import dataclasses
+
+    from .config import NER
+
     kind = (spec.get("train") or {}).get("finetune", "full")
     label = spec["mode"] if spec["mode"] != "finetune" else f"finetune:{kind}"
     extras = [spec["precision"]] if spec.get("precision", "auto") != "auto" else []
-    stitch = (spec.get("ner") or {}).get("stitch", "auto")
-    extras += [f"stitch={stitch}"] if stitch != "auto" else []
+    ner = spec.get("ner") or {}
+    extras += [f"{k}={ner[k]}" for k, v in dataclasses.asdict(NER()).items() if ner.get(k, v) != v]
     return "+".join([label, *extras])
 
 

@@ -50,7 +50,8 @@ Metrics (seqeval, strict IOB2): entity micro ``f1`` (main), ``precision``,
 Bad input: tag/word count mismatch and tags outside the label set raise (data bugs);
 zero-word documents follow ``empty_docs`` (keep: no model input, no entities,
 counted as ``empty_docs_<split>``; error: refused); words with zero sub-tokens become
-one unk token (counted as ``words_without_subtokens``).
+one unk token (counted as ``words_without_subtokens``; ``ner.empty_words=drop`` leaves them
+without, as Hugging Face's tokenizer does: scored ``O``, counted unseen).
 """
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ def prepare_data(spec, tokenizer) -> NerData:
         counts[f"empty_docs_{s}"] = c["empty_docs"]
         counts[f"entities_{s}"] = c["entities"]
         counts[f"orphan_inside_{s}"] = c["orphan_inside"]
-        aligned = [align(tokenizer, d.words) for d in parts[s]]
+        aligned = [align(tokenizer, d.words, spec.ner.empty_words) for d in parts[s]]
         out.ids[s] = [a.ids for a in aligned]
         out.word_ids[s] = [a.word_ids for a in aligned]
         out.pieces[s] = [(a.offsets, a.subword) for a in aligned]
@@ -151,7 +152,9 @@ def prepare_data(spec, tokenizer) -> NerData:
         counts[f"words_without_subtokens_{s}"] = sum(a.n_empty for a in aligned)
     counts["words_without_subtokens"] = sum(counts[f"words_without_subtokens_{s}"] for s in SPLITS)
     out.key = content_hash(spec.dataset, spec.data_seed, spec.limits, labels,
-                           [[d.id for d in parts[s]] for s in SPLITS])
+                           [[d.id for d in parts[s]] for s in SPLITS],
+                           # the empty-word policy joins the key only when not the default (earlier keys stay)
+                           *([spec.ner.empty_words] if spec.ner.empty_words != "unk" else []))
     return out
 
 
@@ -396,14 +399,14 @@ def fold_document(n_tokens: int, word_ids: list[int], n_words: int, windows: lis
 
 def tag_documents(model: TokenModel, tokenizer, documents: Sequence[Sequence[str]], strategy, budget: int,
                   labels: Sequence[str], batch_size: int = 64, device: torch.device | None = None,
-                  stitch_rule: str = "auto") -> list[list[str]]:
+                  stitch_rule: str = "auto", empty_words: str = "unk") -> list[list[str]]:
     """Word lists -> BIO tags per word, end to end (align, windows, batched model, stitch, words):
     the inference path of a cell, for a trained window- or document-level model."""
     check_strategy(strategy, stitch_rule)
     device = device or model.device
     method, doc_level = stitch_method(strategy, stitch_rule), strategy.level == "document"
     prefix = len(template(tokenizer).prefix)
-    aligned = [align(tokenizer, list(words)) for words in documents]
+    aligned = [align(tokenizer, list(words), empty_words) for words in documents]
     windows = doc_windows(strategy, [a.ids for a in aligned], budget)
     examples, owner = [], []
     for i, ws in enumerate(windows):
@@ -529,7 +532,8 @@ class NER:
         device = ctx.device
         enc: Loaded = ctx.get(("encoder", spec.model, str(device)), lambda: load_encoder(spec.model, device))
         mkey = ctx.get(("model_key", spec.model), lambda: model_key(enc))
-        data: NerData = ctx.get(("ner-data", spec.dataset, spec.data_seed, spec.limits, spec.empty_docs, mkey),
+        data: NerData = ctx.get(("ner-data", spec.dataset, spec.data_seed, spec.limits, spec.empty_docs,
+                                 spec.ner.empty_words, mkey),
                                 lambda: prepare_data(spec, enc.tokenizer))
         budget = usable_budget(enc.tokenizer, enc.max_positions, spec.budget)
         strategy = spec.strategy.build()

@@ -349,16 +349,23 @@ class Alignment(NamedTuple):
     subword: list[bool] = []
 
 
-def align(tokenizer: Any, words: Sequence[str]) -> Alignment:
-    """Tokenize a word sequence so every word owns at least one sub-token.
+EMPTY_WORDS = ("unk", "drop")
+
+
+def align(tokenizer: Any, words: Sequence[str], empty: str = "unk") -> Alignment:
+    """Tokenize a word sequence into sub-tokens, each mapped to its word (by default every word owns one).
 
     Uses ``is_split_into_words=True``, ``add_special_tokens=False`` and
     ``.word_ids()`` (fast tokenizers only). Words that tokenize to nothing
     (control/format characters such as "\\u200b", "\\x07", or an empty string)
-    would silently lose their label; instead each becomes one unk token and is
-    counted in ``n_empty`` (its span is the whole word). Returns
-    ``Alignment(ids, word_ids, n_empty, offsets)``.
+    would silently lose their label; with ``empty="unk"`` (the default) each
+    becomes one unk token (its span is the whole word); with ``empty="drop"`` it
+    keeps none, as Hugging Face's tokenizer and pipelines leave it: no window holds
+    it, so it is predicted ``O`` and counted unseen. Either way it is counted in
+    ``n_empty``. Returns ``Alignment(ids, word_ids, n_empty, offsets, subword)``.
     """
+    if empty not in EMPTY_WORDS:
+        raise ValueError(f"empty must be one of {EMPTY_WORDS}, got {empty!r}")
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"align needs a fast tokenizer (for word_ids); got {type(tokenizer).__name__}")
     if not words:
@@ -382,6 +389,9 @@ def align(tokenizer: Any, words: Sequence[str]) -> Alignment:
     offsets: list[tuple[int, int]] = []
     n_empty = 0
     for w, toks in enumerate(per_word):
+        if not toks and empty == "drop":
+            n_empty += 1
+            continue
         if not toks:
             if fill is None:
                 raise ValueError(f"word {w} ({words[w]!r}) has no sub-tokens and the tokenizer has no unk/pad token")
@@ -453,6 +463,7 @@ def subtoken_to_word(
     return out
 
 
-__all__ = ["Alignment", "IGNORE", "NerDoc", "SILVER_SOURCES", "SPLIT_SEED", "align", "first_subtoken_labels",
-           "is_silver", "label_set", "label_silver", "load_hub", "load_news_silver", "load_wnut", "parse_conll",
-           "silver_label_set", "spacy_bio", "split_docs", "subtoken_to_word", "validate"]
+__all__ = ["EMPTY_WORDS", "Alignment", "IGNORE", "NerDoc", "SILVER_SOURCES", "SPLIT_SEED", "align",
+           "first_subtoken_labels", "is_silver", "label_set", "label_silver", "load_hub", "load_news_silver",
+           "load_wnut", "parse_conll", "silver_label_set", "spacy_bio", "split_docs", "subtoken_to_word",
+           "validate"]

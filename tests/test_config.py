@@ -37,6 +37,7 @@ def test_profile_and_overrides():
     ("precision=fp16", "precision must be one of"),
     ("ner.stitch=vote", "ner.stitch must be one of"),
     ("ner.stich=mean", "Did you mean 'stitch'"),
+    ("ner.empty_words=skip", "ner.empty_words must be"),
 ])
 def test_bad_config_is_a_clear_error(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -83,7 +84,7 @@ def test_later_fields_keep_earlier_run_ids():
     assert "precision" not in d and "ner" not in d and "qa" in d
     bf16 = load_sweep("ner", ["precision=bfloat16"]).cells()[0].to_dict()
     rule = load_sweep("ner", ["ner.stitch=longest_entity"]).cells()[0].to_dict()
-    assert bf16["precision"] == "bfloat16" and rule["ner"] == {"stitch": "longest_entity"}
+    assert bf16["precision"] == "bfloat16" and rule["ner"]["stitch"] == "longest_entity"
     assert len({run_id(d), run_id(bf16), run_id(rule)}) == 3
     # the default sweep's cells still hash to the run_ids of the committed default leaderboard
     from pathlib import Path

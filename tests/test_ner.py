@@ -204,7 +204,7 @@ def test_longest_entity_runs_through_the_runner_and_predicts_every_word(tiny_mod
                             "ner.stitch=longest_entity"), tmp_path)
     assert summary.ok, summary.failed
     (r,) = read_jsonl(tmp_path / "ner" / "runs.jsonl")
-    assert r["info"]["stitch"] == "longest_entity" and r["spec"]["ner"] == {"stitch": "longest_entity"}
+    assert r["info"]["stitch"] == "longest_entity" and r["spec"]["ner"]["stitch"] == "longest_entity"
     assert r["metrics"]["words_unseen"] == 0.0
     rows = sidecar(tmp_path, r)
     assert all(len(row["pred"]) == row["n_words"] for row in rows) and sum(row["n_tokens"] > 16 for row in rows) >= 10
@@ -392,7 +392,7 @@ def test_longest_entity_stitching_reproduces_the_hf_pipeline(tmp_path):
     letters = "abcdefghijklmnopqrstuvwxyz"
     # random letters give multi-piece words (so windows cut words); words with punctuation inside are split by
     # WordPiece into pieces without '##', which the pipeline reads as words of their own
-    odd = ["u.s.", "don't", "well-known", "e-mail", "3.5", "a/b"]
+    odd = ["u.s.", "don't", "well-known", "e-mail", "3.5", "a/b", "\u200b"]  # the last has no sub-token
 
     def word() -> str:
         r = rng.random()
@@ -405,8 +405,10 @@ def test_longest_entity_stitching_reproduces_the_hf_pipeline(tmp_path):
     theirs = [entities_to_tags(e, w) for e, w in zip(pipe(docs, is_split_into_words=True), docs)]
     model = ner.from_token_classifier(hf, torch.device("cpu"), tok.pad_token_id)
     strategy = strategies.build("sliding", window=window, overlap=overlap, last="short", pool="max")
-    ours = ner.tag_documents(model, tok, docs, strategy, window, labels, 8, stitch_rule="longest_entity")
+    ours = ner.tag_documents(model, tok, docs, strategy, window, labels, 8, stitch_rule="longest_entity",
+                             empty_words="drop")
     assert ours == theirs
+    assert any("\u200b" in d for d in docs)
     assert sum(t != "O" for d in ours for t in d) > 20  # the random model does tag entities
     n_long = sum(len(align(tok, d).ids) > window for d in docs)
     assert n_long >= 6  # several windows per document, so overlaps are resolved

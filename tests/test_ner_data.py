@@ -207,6 +207,13 @@ def test_zero_subtoken_words_become_unk_and_are_counted(tokenizer):
     assert a.ids == [5, tokenizer.unk_token_id, 7, tokenizer.unk_token_id, tokenizer.unk_token_id, 8, 9, 10]
     tags = ["O", "B-a", "O", "B-b", "I-b", "O"]
     assert subtoken_to_word(a.word_ids, first_subtoken_labels(a.word_ids, tags), len(words)) == tags
+    # "drop" leaves them without, as the tokenizer does: still counted; their words get the missing label
+    d = align(tokenizer, words, empty="drop")
+    assert d.n_empty == 3 and d.word_ids == [0, 2, 5, 5, 5] and d.ids == [5, 7, 8, 9, 10]
+    assert subtoken_to_word(d.word_ids, first_subtoken_labels(d.word_ids, tags), len(words)) == [
+        "O", "O", "O", "O", "O", "O"]
+    with pytest.raises(ValueError, match="empty must be one of"):
+        align(tokenizer, words, empty="skip")
 
 
 def test_align_empty_and_slow_tokenizer(tokenizer):

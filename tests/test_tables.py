@@ -180,4 +180,7 @@ def test_mode_label_separates_precision_and_stitching_from_the_defaults():
     assert table_mode(base) == "finetune" and mode_label({"mode": "probe"}) == "probe"
     assert mode_label({**base, "precision": "bfloat16"}) == "finetune:full+bfloat16"
     assert table_mode({**base, "precision": "auto", "ner": {"stitch": "auto"}}) == "finetune"
-    assert mode_label({**base, "ner": {"stitch": "longest_entity"}}) == "finetune:full+stitch=longest_entity"
+    assert mode_label({**base, "ner": {"stitch": "longest_entity", "empty_words": "unk"}}) == (
+        "finetune:full+stitch=longest_entity")
+    assert mode_label({**base, "ner": {"stitch": "longest_entity", "empty_words": "drop"}}) == (
+        "finetune:full+stitch=longest_entity+empty_words=drop")
