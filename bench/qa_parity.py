@@ -420,7 +420,9 @@ def parity_markdown(p: dict[str, Any]) -> str:
     lines += [f"- **{'PASS' if t['pass'] else 'FAIL'}**: {t['what']} (measured {t['value']:.2f})" for t in targets(p)]
     lines += [""]
     if p["disagreements"]:
-        lines += ["## Every disagreement", ""]
+        n_eq = sum(r["questions"] * (100 - r["same_answer_pct_with_hf_windows_and_rule"]) / 100 for r in p["rows"])
+        lines += [f"## Every disagreement of ctxbench's defaults with the pipeline (the equivalent "
+                  f"configuration's: {n_eq:.0f})", ""]
         d = [{"k": x["k"], "id": x["id"], "windows": x["windows"], "why": x["why"], "ctxbench": x["ctxbench"][:60],
               "pipeline": x["pipeline"][:60], "gold": " | ".join(x["gold"])[:60],
               "F1 ctxbench / pipeline": f"{x['f1_ctxbench']:.0f} / {x['f1_pipeline']:.0f}"} for x in p["disagreements"]]
