@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
           f"best val F1 {train_info['best_val_f1']:.3f})")
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    hf = AutoModelForTokenClassification.from_pretrained(path, attn_implementation="sdpa").eval()
+    hf = AutoModelForTokenClassification.from_pretrained(path, attn_implementation="sdpa").eval().to(device)
     special = tokenizer.num_special_tokens_to_add(pair=False)
     assert tokenizer.model_max_length == args.window + special, tokenizer.model_max_length
     labels = [hf.config.id2label[i] for i in range(hf.config.num_labels)]

@@ -75,7 +75,7 @@ def worker() -> int:
             for dtype in ("float32", "bfloat16"):  # the bf16 twin: weights cast, as a user would run it
                 pipes[dtype] = pipeline("question-answering", model=model if dtype == "float32"
                                         else copy.deepcopy(model).to(torch.bfloat16),
-                                        tokenizer=tok, device=msg.get("device", -1))
+                                        tokenizer=tok, device=msg.get("device", "cpu"))
             reply = {"transformers": transformers.__version__, "threads": torch.get_num_threads(),
                      "attn": model.config._attn_implementation}
         else:
@@ -121,12 +121,12 @@ def peer_env() -> Path:
 
 
 class Peer:
-    def __init__(self, model: str, threads: int):
+    def __init__(self, model: str, threads: int, device: str = "cpu"):
         env = {**os.environ, "PYTHONPATH": str(peer_env()), "TOKENIZERS_PARALLELISM": "false",
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.qa_parity", "--worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env, cwd=str(Path(__file__).parent.parent))
-        self.info = self.ask({"cmd": "load", "model": model, "threads": threads})
+        self.info = self.ask({"cmd": "load", "model": model, "threads": threads, "device": device})
 
     def ask(self, msg: dict) -> dict:
         assert self.proc.stdin and self.proc.stdout
@@ -268,7 +268,7 @@ def parity(args) -> dict[str, Any]:
 
     spec, folder, info, ft, lay, device = setup(args.device, args.profile, args.model_folder)
     threads = torch.get_num_threads()
-    peer = Peer(str(folder), threads)
+    peer = Peer(str(folder), threads, str(device))  # the peer runs on the same device as ctxbench
     train = {k: v for k, v in info.items() if k.startswith("train") or k in ("finetune",)}
     out: dict[str, Any] = {"model_folder": folder.name, "batch_size": args.batch_size, "train": train,
                            "peer": peer.info, "threads": threads, "max_seq_len": args.max_seq_len,
@@ -358,7 +358,8 @@ def parity_markdown(p: dict[str, Any]) -> str:
              f"pipeline's window placement, and `qa.fold: pipeline_softmax`: its span score), and equivalent "
              f"in bf16 (`precision: bfloat16`). Pipeline: `max_answer_len=30`, `align_to_words=False`, "
              f"`batch_size=1` (its default), transformers {p['peer']['transformers']} in a worker process "
-             f"(transformers 5 has no question-answering pipeline). Both on {p['threads']} CPU threads, "
+             f"(transformers 5 has no question-answering pipeline). Both on {p.get('device', 'cpu')} "
+             f"({p['threads']} CPU threads), "
              f"sdpa attention, float32 unless a row says bf16.", "", "## Same answer text", ""]
     t = [{"k": r["k"], "questions": r["questions"], "same answer %": f"{r['same_answer_pct']:.1f}",
           "multi-window questions": r["multi_window_questions"], "differ": r["disagreements"],
