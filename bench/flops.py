@@ -65,13 +65,6 @@ def train_step_flops(config: Any, lengths: Sequence[int]) -> float:
     return 3.0 * forward_flops(config, lengths)
 
 
-def bench_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """The dtype the model's matmuls run in (``bench.model.compute_dtype``)."""
-    from .model import compute_dtype
-
-    return compute_dtype(device, precision)
-
-
 def default_matmul_size(device: torch.device) -> int:
     """Large enough to reach the device's matmul peak, small enough to sample often."""
     return 8192 if device.type == "cuda" else 1024
@@ -88,8 +81,10 @@ class Calibrator:
 
     def __init__(self, device: torch.device, dtype: torch.dtype | None = None, n: int | None = None,
                  reps: int | None = None) -> None:
+        from .model import compute_dtype
+
         self.device = device
-        self.dtype = dtype or bench_dtype(device)
+        self.dtype = dtype or compute_dtype(device)  # the dtype the model's matmuls run in
         self.n = n or default_matmul_size(device)
         # CUDA: several matmuls per sample so one sample is milliseconds, not microseconds
         self.reps = reps or (5 if device.type == "cuda" else 1)
@@ -152,5 +147,5 @@ def utilisation(flops: float, seconds: float, peak_gflops: float) -> float:
     return flops / seconds / (peak_gflops * 1e9)
 
 
-__all__ = ["Calibrator", "Shape", "bench_dtype", "calibrate", "forward_flops", "shape_of", "train_step_flops",
+__all__ = ["Calibrator", "Shape", "calibrate", "forward_flops", "shape_of", "train_step_flops",
            "utilisation"]

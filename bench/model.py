@@ -257,6 +257,11 @@ def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
 
+def compute_dtype_name(device: torch.device, precision: str = "auto") -> str:
+    """:func:`compute_dtype` as run records and cache keys name it: ``float32`` or ``bfloat16``."""
+    return str(compute_dtype(device, precision)).removeprefix("torch.")
+
+
 def autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
     """The autocast context of :func:`compute_dtype` (disabled for float32)."""
     dtype = compute_dtype(device, precision)

@@ -90,12 +90,10 @@ def fine_tuned(args: argparse.Namespace, ctx) -> tuple[str, Any, dict[str, Any]]
 def entities_to_tags(entities: list[dict], words: list[str]) -> list[str]:
     """Pipeline entity groups (character spans in ``" ".join(words)``) -> one BIO tag per word:
     every word the span overlaps, B- on the first, I- after; a word keeps its first tag."""
+    from tasks.ner_data import word_starts
     from tasks.stitch import entity_tags
 
-    starts, pos = [], 0
-    for w in words:
-        starts.append(pos)
-        pos += len(w) + 1
+    starts = word_starts(words)
     def touched(e: dict) -> list[int]:
         return [k for k, s in enumerate(starts) if s < e["end"] and e["start"] < s + max(1, len(words[k]))]
 
@@ -126,13 +124,14 @@ def orphans(tags: list[list[str]]) -> int:
     return n
 
 
-def overlap_words(tokenizer, words: list[str], windows) -> set[int]:
-    """Words whose first sub-token lies in more than one window (where stitching rules differ)."""
+def overlap_words(tokenizer, words: list[str], strategy, budget: int) -> set[int]:
+    """Words whose first sub-token lies in more than one of the strategy's windows (where stitching rules
+    differ)."""
     from tasks.ner_data import align
 
     al = align(tokenizer, words)
     cover = [0] * len(al.ids)
-    for w in windows:
+    for w in strategy.windows(len(al.ids), budget):
         for s, e in w:
             for k in range(s, e):
                 cover[k] += 1
@@ -155,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     from bench.store import atomic_write_text
     from tasks import Context
     from tasks.ner import from_token_classifier, tag_documents
-    from tasks.ner_data import align
 
     args = parse_args(argv)
     if not 0 <= args.overlap < args.window:
@@ -229,18 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     sc["ours, ctxbench defaults, orphan I- read as entity starts"] = scores(
         gold, [repair_orphans(t) for t in outputs[OURS_DEFAULT]])
 
+    overlaps = [overlap_words(tokenizer, w, hf_like, args.window) for w in words]  # once per document
+
     def n_diff(a: str, b: str, only_overlaps: bool = False) -> int:
-        n = 0
-        for d_words, x, y in zip(words, outputs[a], outputs[b]):
-            ov = overlap_words(tokenizer, d_words, hf_like.windows(len(align(tokenizer, d_words).ids), args.window))
-            n += sum(1 for k, (u, v) in enumerate(zip(x, y)) if u != v and (not only_overlaps or k in ov))
-        return n
+        return sum(1 for x, y, ov in zip(outputs[a], outputs[b], overlaps)
+                   for k, (u, v) in enumerate(zip(x, y)) if u != v and (not only_overlaps or k in ov))
 
     def listing(a: str, b: str, limit: int = 40) -> list[dict[str, Any]]:
         """Every word the two tag differently (up to ``limit``), with its neighbours and the gold tag."""
         rows = []
-        for d, d_words, x, y, g in zip(docs, words, outputs[a], outputs[b], gold):
-            ov = overlap_words(tokenizer, d_words, hf_like.windows(len(align(tokenizer, d_words).ids), args.window))
+        for d, d_words, x, y, g, ov in zip(docs, words, outputs[a], outputs[b], gold, overlaps):
             empty = [k for k, w in enumerate(d_words) if not tokenizer(w, add_special_tokens=False)["input_ids"]]
             for k, (u, v) in enumerate(zip(x, y)):
                 if u != v:
@@ -257,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_median": med, "seconds_all": times,
         "words_per_s": {k: n_words / v for k, v in med.items()},
         "scores": sc,
-        "speedups": {f"{a} / {b}": med[b] / med[a] for a, b in SPEED_PAIRS(args.batch_size)},
+        "speedups": {f"{a} / {b}": med[b] / med[a] for a, b in speed_pairs(args.batch_size)},
         "f1_diff_points": {f"{a} - {b}": 100 * (sc[a]["f1_strict"] - sc[b]["f1_strict"]) for a, b in F1_PAIRS},
         "words_differing": {f"{a} vs {b}": n_diff(a, b) for a, b in F1_PAIRS},
         "words_differing_in_overlaps": {f"{a} vs {b}": n_diff(a, b, True) for a, b in F1_PAIRS},
@@ -286,7 +282,7 @@ REF16 = "pipeline (batch_size=1), bf16 weights"
 F1_PAIRS = ((OURS_EQ, REF), (OURS_DEFAULT, REF), (OURS_EQ16, REF))
 
 
-def SPEED_PAIRS(batch_size: int) -> tuple[tuple[str, str], ...]:
+def speed_pairs(batch_size: int) -> tuple[tuple[str, str], ...]:
     """(ours, theirs) throughput ratios reported; the first three are targets (same precision)."""
     return ((OURS_EQ, REF), (OURS_EQ, f"pipeline (batch_size={batch_size})"), (OURS_EQ16, REF16), (OURS_EQ16, REF))
 

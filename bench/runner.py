@@ -32,7 +32,7 @@ from tasks import CellResult, Context, get_task
 
 from .config import RunSpec, Sweep
 from .measure import environment, peak_memory
-from .model import compute_dtype, pick_device
+from .model import compute_dtype, compute_dtype_name, pick_device
 from .results import SCHEMA_VERSION, check_store, commit_run, done_ids, run_id, runs_path, scan_jsonl
 
 
@@ -150,7 +150,7 @@ def run_cell(spec: RunSpec, ctx: Context, task, env: dict[str, Any], oom_retries
         return {**base, "status": out.status, "error": out.error, "traceback": out.traceback}, []
     res = out.result
     measurements = {**res.measurements, **out.memory, "wall_s": out.wall_s,
-                    "compute_dtype": str(compute_dtype(ctx.device, spec.precision)).removeprefix("torch.")}
+                    "compute_dtype": compute_dtype_name(ctx.device, spec.precision)}
     if "model_flops" in measurements:  # real-token FLOPs per second as a share of the matmul rate measured now
         from .flops import utilisation
 
@@ -223,9 +223,9 @@ def matmul_rate(device: torch.device, precision: str = "auto") -> float:
     """The device's matmul rate (GFLOP/s, median of 5 after a warm-up, in the dtype the model runs in),
     measured right after each cell: on a shared machine the rate moves, so each run's "utilisation"
     divides by a rate taken next to it, in the same process (bench/flops.py)."""
-    from .flops import Calibrator, bench_dtype
+    from .flops import Calibrator
 
-    return Calibrator(device, bench_dtype(device, precision)).measure(samples=5, warmup=1)
+    return Calibrator(device, compute_dtype(device, precision)).measure(samples=5, warmup=1)
 
 
 def run_line(spec: RunSpec, record: dict[str, Any]) -> str:

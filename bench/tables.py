@@ -13,7 +13,7 @@ import json
 import re
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,10 @@ import pandas as pd
 from tabulate import tabulate
 
 from . import stats
+from .config import NER
 from .store import canonical, content_hash
+
+NER_DEFAULTS = asdict(NER())  # a run's NER settings that differ from these name its mode
 
 # (column in the long frame, heading, format)
 COLUMNS = {
@@ -493,15 +496,11 @@ def mode_label(spec: dict) -> str:
     """``probe``, or ``finetune`` with its kind (``finetune:lora``): the kinds are different methods.
     A non-default inference precision or NER setting is appended (``probe+bfloat16``,
     ``finetune:full+stitch=longest_entity``), so such runs never average with the defaults'."""
-    import dataclasses
-
-    from .config import NER
-
     kind = (spec.get("train") or {}).get("finetune", "full")
     label = spec["mode"] if spec["mode"] != "finetune" else f"finetune:{kind}"
     extras = [spec["precision"]] if spec.get("precision", "auto") != "auto" else []
     ner = spec.get("ner") or {}
-    extras += [f"{k}={ner[k]}" for k, v in dataclasses.asdict(NER()).items() if ner.get(k, v) != v]
+    extras += [f"{k}={ner[k]}" for k, v in NER_DEFAULTS.items() if ner.get(k, v) != v]
     return "+".join([label, *extras])
 
 

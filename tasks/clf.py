@@ -25,7 +25,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
 from bench.model import (
-    Head, Loaded, autocast, build_input, compute_dtype, encode, length_batches, linear_warmup, load_encoder,
+    Head, Loaded, autocast, build_input, compute_dtype_name, encode, length_batches, linear_warmup, load_encoder,
     n_params, pack, pad_batch, pool_hidden, seed_everything, sync, usable_budget,
 )
 from bench.store import cache_dir, content_hash, file_hash
@@ -542,7 +542,7 @@ class Classification:
         return scores, per_doc, wall, padded, train_info
 
     def _probe(self, spec, ctx, enc, mkey, data, windows, head, budget, strategy) -> CellResult:
-        dtype = str(compute_dtype(ctx.device, spec.precision))  # vectors differ by compute dtype
+        dtype = compute_dtype_name(ctx.device, spec.precision)  # vectors differ by compute dtype
         cache: SpanCache = ctx.get(("spans", data.key, mkey, spec.pooler, dtype), lambda: SpanCache(
             cache_dir("spans") / f"{content_hash(data.key, mkey, spec.pooler, dtype, self.version)}.pt"))
 
@@ -559,7 +559,7 @@ class Classification:
         ctx.memo.setdefault(("grid-windows", budget), {})[spec.strategy.label] = set(keys)
         ctx.memo[("span-cache-of", budget)] = cache
         ctx.memo[("grid-of", budget)] = {"dataset": spec.dataset, "model": spec.model, "data_seed": spec.data_seed,
-                                         "limits": asdict(spec.limits), "compute_dtype": dtype.removeprefix("torch.")}
+                                         "limits": asdict(spec.limits), "compute_dtype": dtype}
 
         def item(split, i, ws):
             return torch.stack([cache.rows[(split, i, w)][0] for w in ws])  # (K, d)

@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bench.model import (
-    AttentionPool, Loaded, TransformerAgg, autocast, build_input, compute_dtype, length_batches, linear_warmup,
+    AttentionPool, Loaded, TransformerAgg, autocast, build_input, compute_dtype_name, length_batches, linear_warmup,
     load_encoder, masked_reduce, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, template, usable_budget,
 )
 from bench.store import content_hash
@@ -684,8 +684,8 @@ class NER:
         from .clf import model_key
 
         mkey = ctx.get(("model_key", spec.model), lambda: model_key(p.enc))
-        dtype = compute_dtype(ctx.device, spec.precision)
-        cache: dict = ctx.memo.setdefault(("ner-hidden", p.data.key, mkey, str(dtype)), {})
+        cache: dict = ctx.memo.setdefault(("ner-hidden", p.data.key, mkey,
+                                            compute_dtype_name(ctx.device, spec.precision)), {})
         keys = [(s, i, w) for s in SPLITS for i, ws in enumerate(p.windows[s]) for w in ws]
         missing = [k for k in dict.fromkeys(keys) if k not in cache]
         t0 = time.perf_counter()

@@ -352,6 +352,15 @@ class Alignment(NamedTuple):
 EMPTY_WORDS = ("unk", "drop")
 
 
+def word_starts(words: Sequence[str]) -> list[int]:
+    """Where each word starts in ``" ".join(words)``: the text pre-split words stand for (HF pipelines too)."""
+    starts, pos = [], 0
+    for word in words:
+        starts.append(pos)
+        pos += len(word) + 1
+    return starts
+
+
 def align(tokenizer: Any, words: Sequence[str], empty: str = "unk") -> Alignment:
     """Tokenize a word sequence into sub-tokens, each mapped to its word (by default every word owns one).
 
@@ -377,10 +386,7 @@ def align(tokenizer: Any, words: Sequence[str], empty: str = "unk") -> Alignment
         if w is not None:
             per_word[w].append(tok_id)
             spans[w].append(tuple(span))
-    starts, pos = [], 0
-    for word in words:
-        starts.append(pos)
-        pos += len(word) + 1
+    starts = word_starts(words)
     fill = tokenizer.unk_token_id
     if fill is None:
         fill = tokenizer.pad_token_id
@@ -466,4 +472,4 @@ def subtoken_to_word(
 __all__ = ["EMPTY_WORDS", "Alignment", "IGNORE", "NerDoc", "SILVER_SOURCES", "SPLIT_SEED", "align",
            "first_subtoken_labels", "is_silver", "label_set", "label_silver", "load_hub", "load_news_silver",
            "load_wnut", "parse_conll", "silver_label_set", "spacy_bio", "split_docs", "subtoken_to_word",
-           "validate"]
+           "validate", "word_starts"]

@@ -80,7 +80,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.model import (
-    Loaded, Template, autocast, compute_dtype, length_batches, linear_warmup, load_encoder, n_params,
+    Loaded, Template, autocast, compute_dtype_name, length_batches, linear_warmup, load_encoder, n_params,
     seed_everything, special_tokens, sync, template, usable_budget, window_ids,
 )
 from bench.store import cache_dir, content_hash, file_hash
@@ -719,7 +719,7 @@ class ExtractiveQA:
         ft: Loaded = ctx.get(("qa-ft", str(folder), str(device)), lambda: load_encoder(
             str(folder), device, auto_class="AutoModelForQuestionAnswering"))
         lay = layout(ft.tokenizer)
-        cache: dict = ctx.get(("qa-windows", str(folder), data.key, str(compute_dtype(device, spec.precision))), dict)
+        cache: dict = ctx.get(("qa-windows", str(folder), data.key, compute_dtype_name(device, spec.precision)), dict)
 
         rows = data.rows(cfg.context_paragraphs)
         budgets = [usable_budget(tok, base.max_positions, spec.budget, pair=True, question_len=len(it.q_ids))

@@ -40,9 +40,9 @@ def test_sliding_last_short_starts_at_multiples_of_the_step_and_ends_short():
 
 def test_ner_targets_fail_on_a_wide_f1_gap_or_a_slow_tagger():
     """The bars are read on the like-for-like configuration; the bf16-vs-float32 ratio (last) is reported only."""
-    from bench.ner_parity import OURS_DEFAULT, OURS_EQ, REF, SPEED_PAIRS
+    from bench.ner_parity import OURS_DEFAULT, OURS_EQ, REF, speed_pairs
 
-    pairs = [f"{a} / {b}" for a, b in SPEED_PAIRS(32)]
+    pairs = [f"{a} / {b}" for a, b in speed_pairs(32)]
     r = {"f1_diff_points": {f"{OURS_EQ} - {REF}": -0.3, f"{OURS_DEFAULT} - {REF}": 3.0},
          "speedups": dict(zip(pairs, [2.5, 2.1, 2.2, 0.1]))}
     assert [t["pass"] for t in ner_targets(r)] == [True, True, True, True]  # 4 targets; the 0.1 is not one
