@@ -38,6 +38,7 @@ def test_profile_and_overrides():
     ("ner.stitch=vote", "ner.stitch must be one of"),
     ("ner.stich=mean", "Did you mean 'stitch'"),
     ("ner.empty_words=skip", "ner.empty_words must be"),
+    ("strategies=[{name: sliding, last: end}]", "last must be one of"),
 ])
 def test_bad_config_is_a_clear_error(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -244,6 +244,10 @@ def test_fold_document_on_hand_built_logits():
     logits2 = [logits[0], torch.cat([big, b2, big])]
     assert ner.fold_document(n_tokens, word_ids, 3, windows, logits2, "max_context", L3, 0, 1)[0] == [1, 2, 1]
     assert ner.fold_document(n_tokens, word_ids, 3, windows, logits2, "mean", L3, 0, 1)[0] == [1, 0, 1]
+    # longest_entity writes BIO tags itself: a label set without the B- it needs (IO tags) is refused
+    with pytest.raises(ValueError, match=r"lacks \(it needs B- and I-"):
+        ner.fold_document(n_tokens, word_ids, 3, [((0, 4),)], [torch.cat([big, torch.tensor(
+            [[0.0, 5, 0], [0, 0, 5], [0, 0, 5], [0, 5, 0]]), big])], "longest_entity", ["O", "I-X", "I-Y"], 0, 1)
     # one head window over tokens 0-1: word 2 unseen -> the outside label, flagged unseen
     preds, seen = ner.fold_document(n_tokens, word_ids, 3, [((0, 2),)], [torch.cat([big, a[:2], big])],
                                     "max_context", L3, 0, prefix=1)
