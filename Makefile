@@ -46,15 +46,16 @@ report: $(STAMP)
 # Throughput/memory suite (pytest-benchmark) on whatever device is present; the results go to
 # results/perf/<machine-id>/latest.json, and the first run on a machine seeds its baseline.json.
 perf: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m bench.perfcheck run $(if $(PERF_ARGS),-- $(PERF_ARGS))
+	$(OFFLINE) $(BIN)/python -m ctxbench.bench.perf.check run $(if $(PERF_ARGS),-- $(PERF_ARGS))
 
 # The same suite compared with this machine's committed baseline: exit 0 ok, 1 regression, 2 no baseline.
 perf-check: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m bench.perfcheck check $(if $(PERF_ARGS),-- $(PERF_ARGS))
+	$(OFFLINE) $(BIN)/python -m ctxbench.bench.perf.check check $(if $(PERF_ARGS),-- $(PERF_ARGS))
 
+# ruff, and the one-way layering (strategies <- tasks <- bench, deferred imports included; pyproject.toml).
 lint: $(STAMP)
-	$(BIN)/python -m pip install -q ruff
 	$(BIN)/ruff check bench strategies tasks tests
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from strategies import ConfigError
+from ctxbench.strategies import ConfigError
 
 # Flags that are spellings of sweep keys.
 FLAG_KEYS = {"dataset": "dataset", "model": "model", "mode": "mode", "text_col": "text_col", "label_col": "label_col",
@@ -14,9 +14,9 @@ FLAG_KEYS = {"dataset": "dataset", "model": "model", "mode": "mode", "text_col":
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .config import load_sweep
-    from .runner import run_sweep
-    from .tables import write_leaderboard
+    from ctxbench.bench.config import load_sweep
+    from ctxbench.bench.run.runner import run_sweep
+    from ctxbench.bench.report.tables import write_leaderboard
 
     overrides = list(args.overrides)
     for flag, key in FLAG_KEYS.items():
@@ -27,7 +27,7 @@ def _bench(args: argparse.Namespace) -> int:
     cells = sweep.cells()
     print(f"ctxbench: {sweep.task} on {sweep.dataset} with {sweep.model} ({sweep.mode}); {len(cells)} runs "
           f"= {len(sweep.strategies)} strategies x {len(sweep.budgets)} budgets x {len(sweep.seeds)} seeds")
-    from .executors import make_executor
+    from ctxbench.bench.run.executors import make_executor
 
     if args.threads is not None:
         if args.threads < 1:
@@ -51,7 +51,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from .tables import write_leaderboard
+    from ctxbench.bench.report.tables import write_leaderboard
 
     tasks = [args.task] if args.task else sorted(p.name for p in Path(args.results).iterdir()
                                                  if (p / "runs.jsonl").exists())
@@ -66,7 +66,7 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from ctxbench.bench.report.html import build_report
 
     if not any(Path(args.results).glob("*/runs.jsonl")):
         raise ConfigError(f"no runs.jsonl under {args.results}/; run `ctxbench bench TASK` first")
@@ -75,15 +75,15 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    import strategies
-    from tasks import task_names
-    from tasks.ner import WNUT_NAMES
-    from tasks.ner_data import SILVER_SOURCES
-    from tasks.qa_data import BUILTIN_FILES
-    from tasks.sources import SOURCES
+    import ctxbench.strategies as strategies
+    from ctxbench.tasks import task_names
+    from ctxbench.tasks.ner import WNUT_NAMES
+    from ctxbench.tasks.data.ner_data import SILVER_SOURCES
+    from ctxbench.tasks.data.qa_data import BUILTIN_FILES
+    from ctxbench.tasks.data.sources import SOURCES
 
-    from .config import CONFIG_DIR
-    from .packaged import PACKAGED_MODELS
+    from ctxbench.bench.config import CONFIG_DIR
+    from ctxbench.tasks.model.packaged import PACKAGED_MODELS
 
     print("strategies:", ", ".join(strategies.registered()))
     print("tasks:     ", ", ".join(task_names()))
@@ -131,7 +131,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="build the static HTML leaderboard site under results/ from runs.jsonl alone")
     r.add_argument("--out", default=None, help="site folder (default: the results folder)")
     r.set_defaults(func=_report)
-    from . import compare, scale
+    from ctxbench.bench.report import compare
+    from ctxbench.bench.studies import scale
 
     c = sub.add_parser("compare", help="diff two runs.jsonl (metric, throughput, memory) with thresholds; "
                                        "exit 1 on a regression")

@@ -15,8 +15,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
-import strategies
-from strategies import ConfigError
+import ctxbench.strategies as strategies
+from ctxbench.strategies import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 MODES = ("probe", "finetune")
@@ -384,7 +384,7 @@ def load_sweep(path_or_task: str, overrides: list[str] = (), profile: str | None
 
 def auto_mode(device: str) -> str:
     """``probe`` on a CPU (end-to-end fine-tuning of every cell does not fit there), ``finetune`` on CUDA."""
-    from .model import pick_device
+    from ctxbench.tasks.model.encoder import pick_device
 
     return "finetune" if pick_device(device).type == "cuda" else "probe"
 

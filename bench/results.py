@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .store import canonical, content_hash
+from ctxbench.tasks.cache import atomic_write_text, canonical, content_hash
 
 SCHEMA_VERSION = 1
 RUNS_FILE = "runs.jsonl"
@@ -127,7 +127,7 @@ def sidecar_text(rows: list[dict[str, Any]]) -> str:
 
 def write_sidecar(path: Path, rows: list[dict[str, Any]]) -> str:
     """Per-example predictions, written atomically; returns the content hash recorded in the run line."""
-    from . import store
+    from ctxbench.tasks import cache as store
 
     text = sidecar_text(rows)
     store.atomic_write_text(path, text)
@@ -192,3 +192,12 @@ def check_store(root: str | os.PathLike, task: str) -> dict[str, list]:
         elif content_hash(side.read_bytes()) != r.get("predictions_sha"):
             mismatch.append(r["run_id"])
     return {"torn_lines": bad, "duplicate_ok": dup, "missing_sidecar": missing, "sidecar_mismatch": mismatch}
+
+
+def merge_records(path: str | Path, rows: list[dict], key) -> None:
+    """Write ``rows`` into the JSON list at ``path``: a row replaces the stored one of the same
+    ``key(row)``; the others stay (another sweep's rows are never overwritten)."""
+    path = Path(path)
+    old = json.loads(path.read_text()) if path.exists() else []
+    new = {key(r) for r in rows}
+    atomic_write_text(path, json.dumps([r for r in old if key(r) not in new] + rows, indent=1) + "\n")

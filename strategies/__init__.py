@@ -4,11 +4,11 @@ To add one: write ``strategies/<name>.py`` with a frozen dataclass decorated by
 ``@register("<name>")`` that has ``level``, ``pool`` and ``windows(n, budget)``,
 import it below, and add a test in ``tests/test_strategies.py``.
 """
-from . import (  # noqa: F401  (registration)
+from ctxbench.strategies import (  # noqa: F401  (registration)
     adaptive, full, head, head_select, head_tail, hierarchical, query_select, random_select, sliding, tail, textrank,
     tfidf_select,
 )
-from .base import (
+from ctxbench.strategies.base import (
     ConfigError,
     DocView,
     Span,

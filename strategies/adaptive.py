@@ -3,9 +3,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .base import ConfigError, DocView, Window, check_budget, positions, register
-from .head_tail import HeadTail
-from .sliding import POOLS
+from ctxbench.strategies.base import ConfigError, DocView, Window, check_budget, positions, register
+from ctxbench.strategies.head_tail import HeadTail
+from ctxbench.strategies.sliding import POOLS
 
 RULES = ("whole", "head_tail", "sliding", "sliding_gaps")
 
@@ -26,7 +26,7 @@ class Adaptive:
     the usual step (half the budget by default) unless that would need more than
     ``k_max`` windows (the cost cap); then the smallest step that fits ``k_max``,
     which still covers every token while ``step <= b``. Windows start at 0 and the
-    last ends at ``n`` (``strategies.base.positions``). When even ``k_max``
+    last ends at ``n`` (``ctxbench.strategies.base.positions``). When even ``k_max``
     windows cannot cover the document (rule ``sliding_gaps``) exactly ``k_max``
     windows are spread evenly from 0 to ``n - b``, leaving gaps; :meth:`rule`
     tells the task so it can count such documents.

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import register
-from .head import Head
+from ctxbench.strategies.base import register
+from ctxbench.strategies.head import Head
 
 
 @register("full")

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import ConfigError, DocView, Window, check_budget, register
-from .select import SELECTORS, clip, fill, order_for, sentences_of
-from .sliding import POOLS
+from ctxbench.strategies.base import ConfigError, DocView, Window, check_budget, register
+from ctxbench.strategies.select import SELECTORS, clip, fill, order_for, sentences_of
+from ctxbench.strategies.sliding import POOLS
 
 
 @register("head_select")
@@ -18,7 +18,7 @@ class HeadSelect:
     ``textrank``, ``tfidf`` (centroid) or ``random`` (``seed``). Sentences are
     taken from ``[budget, n)``; one straddling the cut keeps only its tail. When
     the rest fits the budget it is the second window whole. Fill rule:
-    ``strategies.select``.
+    ``ctxbench.strategies.select``.
     """
 
     selector: str = "textrank"

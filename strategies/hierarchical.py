@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import DocView, ConfigError, Window, check_budget, positions, register
+from ctxbench.strategies.base import DocView, ConfigError, Window, check_budget, positions, register
 
 AGGREGATORS = ("mean", "max", "attention", "transformer")
 
@@ -43,7 +43,7 @@ class Hierarchical:
             raise ConfigError(f"hierarchical: overlap {self.overlap} must be < chunk {chunk}")
         starts = positions(n, chunk, chunk - self.overlap)
         if self.max_chunks is not None and len(starts) > self.max_chunks:
-            from .sliding import cap
+            from ctxbench.strategies.sliding import cap
 
             starts = cap(starts, self.max_chunks, "even")
         return [((s, min(n, s + chunk)),) for s in starts]

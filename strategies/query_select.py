@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import ConfigError, DocView, Window, check_budget, register
-from .select import bm25_scores, fill, ranked, sentences_of
+from ctxbench.strategies.base import ConfigError, DocView, Window, check_budget, register
+from ctxbench.strategies.select import bm25_scores, fill, ranked, sentences_of
 
 
 @register("query_select")
@@ -13,7 +13,7 @@ class QuerySelect:
 
     The question itself is never in the window (the task keeps it whole); it only
     ranks the sentences. Spans stay in document order, so answer offsets map back.
-    Fill rule: ``strategies.select``.
+    Fill rule: ``ctxbench.strategies.select``.
     """
 
     level = "window"

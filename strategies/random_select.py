@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import ConfigError, DocView, Window, check_budget, register
-from .select import fill, random_order, sentences_of
+from ctxbench.strategies.base import ConfigError, DocView, Window, check_budget, register
+from ctxbench.strategies.select import fill, random_order, sentences_of
 
 
 @register("random_select")
@@ -12,8 +12,8 @@ class RandomSelect:
     """Random sentences, in document order, up to the budget: the control of Park et al. (2022).
 
     The choice is a function of ``seed`` and the document's ``DocView.key`` only
-    (sha256, see ``strategies.select.random_order``), so reruns and workers agree.
-    Fill rule: ``strategies.select``.
+    (sha256, see ``ctxbench.strategies.select.random_order``), so reruns and workers agree.
+    Fill rule: ``ctxbench.strategies.select``.
     """
 
     seed: int = 0

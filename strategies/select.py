@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import ConfigError, DocView, Span, Strategy, Window, check_budget
+from ctxbench.strategies.base import ConfigError, DocView, Span, Strategy, Window, check_budget
 
 SELECTORS = ("textrank", "tfidf", "random")
 
@@ -210,7 +210,7 @@ def timed_windows(strategy: Strategy, n: int, budget: int, doc: DocView | None =
     The selection's cost (scoring, PageRank, BM25) lives entirely in ``windows``;
     a task sums these per split and reports them apart from model time. The
     sentence splitting itself is a once-per-document preprocessing cost
-    (``tasks.sentences``), to be timed where the DocViews are built.
+    (``ctxbench.tasks.data.sentences``), to be timed where the DocViews are built.
     """
     check_budget(n, budget)
     t0 = time.perf_counter()

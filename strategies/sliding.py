@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import DocView, ConfigError, Window, check_budget, positions, register
+from ctxbench.strategies.base import DocView, ConfigError, Window, check_budget, positions, register
 
 POOLS = ("mean", "max", "vote")
 POOL_OVER = ("logits", "embeddings")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import DocView, Window, check_budget, register
+from ctxbench.strategies.base import DocView, Window, check_budget, register
 
 
 @register("tail")

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import ConfigError, DocView, Window, check_budget, register
-from .select import fill, ranked, sentences_of, textrank_scores
+from ctxbench.strategies.base import ConfigError, DocView, Window, check_budget, register
+from ctxbench.strategies.select import fill, ranked, sentences_of, textrank_scores
 
 
 @register("textrank")
@@ -13,7 +13,7 @@ class TextRank:
 
     PageRank (``networkx.pagerank``, damping ``damping``) over the graph of the
     document's sentences weighted by TF-IDF cosine (vectoriser fit on the
-    document's own sentences). Fill rule: ``strategies.select``.
+    document's own sentences). Fill rule: ``ctxbench.strategies.select``.
     """
 
     damping: float = 0.85

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import DocView, Window, check_budget, register
-from .select import fill, ranked, sentences_of, tfidf_scores
+from ctxbench.strategies.base import DocView, Window, check_budget, register
+from ctxbench.strategies.select import fill, ranked, sentences_of, tfidf_scores
 
 
 @register("tfidf_select")
@@ -13,7 +13,7 @@ class TfidfSelect:
 
     For classification: the sentences most typical of the whole document. The
     vectoriser is fit on the document's own sentences (no corpus statistics, so
-    nothing leaks across splits). Fill rule: ``strategies.select``.
+    nothing leaks across splits). Fill rule: ``ctxbench.strategies.select``.
     """
 
     level = "window"

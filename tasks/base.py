@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 import numpy as np
 import torch
 
-from strategies import ConfigError, did_you_mean
+from ctxbench.strategies import ConfigError, did_you_mean
 
 LENGTH_BUCKETS = ("<=b", "b-2b", "2b-4b", ">4b")
 
@@ -69,7 +69,7 @@ def cost_measures(input_lengths: Sequence[Sequence[int]], doc_tokens: Sequence[i
         "inference_seconds": total,
     }
     if config is not None and hasattr(config, "num_hidden_layers"):
-        from bench.flops import forward_flops
+        from ctxbench.tasks.model.flops import forward_flops
 
         out["model_flops"] = forward_flops(config, [L for x in input_lengths for L in x])
     return out
@@ -96,6 +96,17 @@ class CellResult:
     measurements: dict[str, Any]
     predictions: list[dict[str, Any]]
     info: dict[str, Any] = field(default_factory=dict)  # budget actually used, attention impl, dtype, counts
+
+
+@dataclass
+class GridReport:
+    """What a task says about a whole grid after it ran (optional ``summary(ctx)``): lines for the
+    terminal, and rows for files of the results folder, ``{file name: (rows, key)}``. The runner
+    writes them (tasks never touch the results store): a row replaces the stored row of the same
+    ``key(row)``, and other rows are kept."""
+
+    lines: list[str] = field(default_factory=list)
+    records: dict[str, tuple[list[dict[str, Any]], Callable[[dict[str, Any]], str]]] = field(default_factory=dict)
 
 
 class Task(Protocol):
@@ -133,6 +144,7 @@ def task_names() -> list[str]:
     return sorted(_TASKS)
 
 
-__all__ = ["CellResult", "ConfigError", "Context", "LENGTH_BUCKETS", "Task", "cost_measures", "covered", "get_task",
+__all__ = ["CellResult", "ConfigError", "Context", "GridReport", "LENGTH_BUCKETS", "Task", "cost_measures",
+           "covered", "get_task",
            "length_bucket",
            "register_task", "task_names"]

@@ -24,16 +24,17 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
-from bench.model import (
+from ctxbench.tasks.model.encoder import (
     Head, Loaded, autocast, build_input, compute_dtype_name, encode, length_batches, linear_warmup, load_encoder,
     n_params, pack, pad_batch, pool_hidden, seed_everything, sync, usable_budget,
 )
-from bench.store import cache_dir, content_hash, file_hash
-from strategies import ConfigError, Window, needs, window_len
-from strategies.select import timed_windows
+from ctxbench.tasks.cache import cache_dir, content_hash, file_hash
+from ctxbench.strategies import ConfigError, Window, needs, window_len
+from ctxbench.strategies.select import timed_windows
 
-from .base import LENGTH_BUCKETS, CellResult, Context, cost_measures, covered, length_bucket, register_task
-from .sources import load_clf, sample
+from ctxbench.tasks.base import (LENGTH_BUCKETS, CellResult, Context, GridReport, cost_measures, covered, length_bucket,
+                                 register_task)
+from ctxbench.tasks.data.sources import load_clf, sample
 
 SPLITS = ("train", "val", "test")
 
@@ -69,9 +70,9 @@ def load_data(spec, tokenizer, tok_key: str) -> ClfData:
     labels and of the tokenizer itself; a stale or corrupt token cache is rebuilt."""
     import warnings
 
-    from bench.store import cached_id_lists
+    from ctxbench.tasks.cache import cached_id_lists
 
-    from .checks import document_counts, problems
+    from ctxbench.tasks.data.checks import document_counts, problems
 
     dd = load_clf(spec.dataset, spec.text_col, spec.label_col)
     parts = {s: sample(dd[s], getattr(spec.limits, s), spec.data_seed) for s in SPLITS}
@@ -204,7 +205,7 @@ def predict(model: nn.Module, groups: Sequence, batch_size: int, device: torch.d
     padding of a prepared DataLoader's fixed-size batches; these batches are cut by
     length, so the padding is tagged and dropped here.) One process: all groups, in
     the batches this function always made."""
-    from bench.distributed import gather_by_index, strided_share, world
+    from ctxbench.tasks.model.distributed import gather_by_index, strided_share, world
 
     model.eval()
     size, rank = world() if isinstance(model, FinetuneModel) else (1, 0)
@@ -237,7 +238,7 @@ def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable
         device: torch.device, progress: bool) -> dict[str, Any]:
     """AdamW with linear warm-up (or full-batch L-BFGS for probes), early stopping on
     validation macro-F1; the best epoch's weights are restored."""
-    from bench.distributed import accelerator_for, local_share
+    from ctxbench.tasks.model.distributed import accelerator_for, local_share
 
     cfg = spec.train
     params = [p for p in model.parameters() if p.requires_grad]
@@ -316,7 +317,7 @@ class SpanCache:
     """Vectors of encoded windows, keyed by (split, document index, window), shared by
     every strategy at every budget for one (data, model, pooler). The file name is the
     content hash of those inputs (``key``); the file is written atomically with that key
-    and a checksum (``bench.store.atomic_write_checked``), so a stale, truncated or
+    and a checksum (``ctxbench.tasks.cache.atomic_write_checked``), so a stale, truncated or
     damaged file is reported and rebuilt, never used."""
 
     def __init__(self, path, key: str | None = None):
@@ -329,7 +330,7 @@ class SpanCache:
         if path.exists():
             import io
 
-            from bench.store import read_checked
+            from ctxbench.tasks.cache import read_checked
 
             try:
                 blob = torch.load(io.BytesIO(read_checked(path, self.key)), weights_only=True)
@@ -350,7 +351,7 @@ class SpanCache:
             return
         import io
 
-        from bench.store import atomic_write_checked
+        from ctxbench.tasks.cache import atomic_write_checked
 
         keys = list(self.rows)
         buf = io.BytesIO()
@@ -413,12 +414,10 @@ class Classification:
     def data_label(self, spec) -> str:
         return "gold"
 
-    def summary(self, ctx: Context, out_dir) -> list[str]:
+    def summary(self, ctx: Context) -> GridReport:
         """Encoder cost of every strategy run at a budget (shared span cache) against one
         sliding pass alone, both summed from the same measured per-window times."""
         import json
-
-        from bench.store import atomic_write_text
 
         lines, rows = [], []
         for key, per_strategy in sorted((k, v) for k, v in ctx.memo.items() if k[0] == "grid-windows"):
@@ -440,18 +439,13 @@ class Classification:
             lines.append(f"budget {budget}: encoder time of all {len(per_strategy)} strategies = {ratio:.2f}x one "
                          f"sliding pass ({t_all:.1f}s vs {t_sliding:.1f}s; {len(union)} vs {len(sliding)} windows, "
                          f"{tok_all / max(1, tok_sliding):.2f}x its tokens)")
-        if rows:  # one row per (sweep sample, compute dtype, budget): another sweep adds rows, never overwrites
-            path = Path(out_dir) / "encoder_sharing.json"
-            old = json.loads(path.read_text()) if path.exists() else []
 
-            def ident(r: dict) -> str:  # rows written before compute_dtype was recorded are CPU float32 runs
-                return json.dumps([r.get(k) for k in ("dataset", "model", "data_seed", "limits", "budget")]
-                                  + [r.get("compute_dtype", "float32")], sort_keys=True)
+        def ident(r: dict) -> str:  # rows written before compute_dtype was recorded are CPU float32 runs
+            return json.dumps([r.get(k) for k in ("dataset", "model", "data_seed", "limits", "budget")]
+                              + [r.get("compute_dtype", "float32")], sort_keys=True)
 
-            new = {ident(r) for r in rows}
-            rows = [r for r in old if ident(r) not in new] + rows
-            atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
-        return lines
+        # one row per (sweep sample, compute dtype, budget): another sweep adds rows, never overwrites
+        return GridReport(lines, {"encoder_sharing.json": (rows, ident)} if rows else {})
 
     def run(self, spec, ctx: Context) -> CellResult:
         device = ctx.device
@@ -483,7 +477,7 @@ class Classification:
         built once per data set and shared by every selection cell (0.0 when none are needed)."""
         views, split_s = None, 0.0
         if "sentences" in needs(strategy):
-            from tasks.sentences import doc_views
+            from ctxbench.tasks.data.sentences import doc_views
 
             def build():
                 t0 = time.perf_counter()
@@ -594,8 +588,8 @@ class Classification:
         return out
 
     def _finetune(self, spec, ctx, enc, data, windows, head, budget, strategy) -> CellResult:
-        from bench.model import load_encoder as _load
-        from bench.peft_modes import adalora_schedule, apply_peft, optimizer_steps
+        from ctxbench.tasks.model.encoder import load_encoder as _load
+        from ctxbench.tasks.model.peft import adalora_schedule, apply_peft, optimizer_steps
 
         cap = spec.train.max_windows_train
         train_windows = [ws if cap is None or len(ws) <= cap else _even(ws, cap) for ws in windows["train"]]
@@ -652,7 +646,7 @@ class Classification:
 
 
 def _even(ws: list, k: int) -> list:
-    from strategies.sliding import cap
+    from ctxbench.strategies.sliding import cap
 
     idx = cap(list(range(len(ws))), k, "even")
     return [ws[i] for i in idx]

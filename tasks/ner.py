@@ -1,6 +1,6 @@
 """Named-entity recognition on long documents: token classification with window stitching.
 
-Documents are word sequences with one BIO tag per word (``tasks.ner_data``). A fast
+Documents are word sequences with one BIO tag per word (``ctxbench.tasks.data.ner_data``). A fast
 tokenizer aligns words to sub-tokens (``align``: every word owns >= 1 sub-token);
 strategies cut windows on the *sub-token* sequence, exactly as for classification,
 and this adapter folds the window outputs back onto words:
@@ -10,7 +10,7 @@ and this adapter folds the window outputs back onto words:
   tokens), so a window that holds only a word's continuation pieces trains nothing
   for that word;
 - window logits (special tokens stripped) are stitched per document
-  (``tasks.stitch``) and each word takes its first sub-token's label;
+  (``ctxbench.tasks.stitch``) and each word takes its first sub-token's label;
 - words whose first sub-token is in no window (head, tail, head_tail, capped
   sliding/hierarchical) get no prediction: they are scored as ``O`` (a missed
   entity counts as a false negative) and the run records the share of gold
@@ -68,19 +68,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from bench.model import (
+from ctxbench.tasks.model.encoder import (
     AttentionPool, Loaded, TransformerAgg, autocast, build_input, compute_dtype_name, length_batches, linear_warmup,
     load_encoder, masked_reduce, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, template, usable_budget,
 )
-from bench.store import content_hash
-from strategies import ConfigError, Window, needs, window_len
+from ctxbench.tasks.cache import content_hash
+from ctxbench.strategies import ConfigError, Window, needs, window_len
 
-from .base import LENGTH_BUCKETS, CellResult, Context, length_bucket, register_task
-from .ner_data import (
+from ctxbench.tasks.base import LENGTH_BUCKETS, CellResult, Context, length_bucket, register_task
+from ctxbench.tasks.data.ner_data import (
     IGNORE, NerDoc, align, first_subtoken_labels, is_silver, label_set, load_hub, load_news_silver, load_wnut,
     silver_label_set, split_docs, subtoken_to_word, validate,
 )
-from .stitch import METHODS, stitch, stitch_longest_entity
+from ctxbench.tasks.stitch import METHODS, stitch, stitch_longest_entity
 
 SPLITS = ("train", "val", "test")
 WNUT_NAMES = ("wnut16", "wnut")
@@ -527,7 +527,7 @@ class NER:
     # ------------------------------------------------------------ preparation
 
     def prepare(self, spec, ctx: Context) -> Prepared:
-        from .clf import model_key
+        from ctxbench.tasks.clf import model_key
 
         device = ctx.device
         enc: Loaded = ctx.get(("encoder", spec.model, str(device)), lambda: load_encoder(spec.model, device))
@@ -681,7 +681,7 @@ class NER:
     def _probe_model(self, spec, ctx: Context, p: Prepared, head: TokenHead):
         """Frozen encoder: every distinct window is encoded once per process (shared by the
         cells of a sweep) into its (L, d) hidden states; the head trains on those."""
-        from .clf import model_key
+        from ctxbench.tasks.clf import model_key
 
         mkey = ctx.get(("model_key", spec.model), lambda: model_key(p.enc))
         cache: dict = ctx.memo.setdefault(("ner-hidden", p.data.key, mkey,
@@ -725,7 +725,7 @@ class NER:
     # ------------------------------------------------------------ measurements and metrics
 
     def measure(self, spec, p: Prepared, per_doc_s: np.ndarray, padded: int) -> dict[str, Any]:
-        from .clf import Classification
+        from ctxbench.tasks.clf import Classification
 
         out = Classification().measure(spec, p.enc, p.data, p.windows, p.budget, per_doc_s, padded)
         words = sum(len(d.words) for d in p.data.docs["test"])
@@ -773,7 +773,7 @@ class NER:
 
 
 def _even(ws: list, k: int) -> list:
-    from strategies.sliding import cap
+    from ctxbench.strategies.sliding import cap
 
     idx = cap(list(range(len(ws))), k, "even")
     return [ws[i] for i in idx]

@@ -5,17 +5,17 @@ Data. Test questions come from ``spec.dataset``: the built-in ``squad_dev``
 connected users, any SQuAD-format hub id. ``limits.test`` questions are drawn
 once with ``data_seed``; every value k of ``qa.context_paragraphs`` rebuilds
 the *same* questions' contexts from the gold paragraph plus k neighbouring
-paragraphs of the article (:func:`tasks.qa_data.build_examples`, offsets
+paragraphs of the article (:func:`ctxbench.tasks.data.qa_data.build_examples`, offsets
 shifted and re-checked), so one cell scores every k on one question set and
 the sidecar holds one row per (k, question). The model is fine-tuned on
 ``limits.train`` paragraph-level questions of ``qa.train_source`` (the
 SQuAD-shifts sets by default), once per (model, training config, seed), and
-cached under ``bench.store.cache_dir("qa", "models")``; ``limits.val`` is not
+cached under ``ctxbench.tasks.cache.cache_dir("qa", "models")``; ``limits.val`` is not
 used (fixed epochs, no early stopping).
 
 Budget. ``budget`` counts *context* tokens per window. Per question the room
 is ``max_positions - special tokens of a pair - question tokens``
-(:func:`bench.model.usable_budget`); a budget that cannot fit next to a
+(:func:`ctxbench.tasks.model.encoder.usable_budget`); a budget that cannot fit next to a
 question of ``qa.max_question_tokens`` tokens is refused up front. The
 question is never cut by a strategy; a question over the cap is truncated to
 its first ``max_question_tokens`` tokens and counted (``question_overflow:
@@ -79,18 +79,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bench.model import (
+from ctxbench.tasks.model.encoder import (
     Loaded, Template, autocast, compute_dtype_name, length_batches, linear_warmup, load_encoder, n_params,
     seed_everything, special_tokens, sync, template, usable_budget, window_ids,
 )
-from bench.store import cache_dir, content_hash, file_hash
-from strategies import ConfigError, DocView, Window, needs, window_len
-from strategies.base import positions
+from ctxbench.tasks.cache import cache_dir, content_hash, file_hash
+from ctxbench.strategies import ConfigError, DocView, Window, needs, window_len
+from ctxbench.strategies.base import positions
 
-from . import qa_data
-from .base import LENGTH_BUCKETS, CellResult, Context, cost_measures, covered, length_bucket, register_task
-from .clf import model_key
-from .squad_metric import exact_match, f1 as squad_f1, squad_scores
+from ctxbench.tasks.data import qa_data
+from ctxbench.tasks.base import (LENGTH_BUCKETS, CellResult, Context, cost_measures, covered, length_bucket,
+                                 register_task)
+from ctxbench.tasks.clf import model_key
+from ctxbench.tasks.squad_metric import exact_match, f1 as squad_f1, squad_scores
 
 FOLD_DEFAULTS = {"hierarchical": "null_margin"}  # everything else: max_logit_sum
 TRAIN_VERSION = "1"  # bump when training features or the loop change: it keys the model cache
@@ -816,7 +817,7 @@ class ExtractiveQA:
         context's sentence spans, split once per row with the task's own tokenizer."""
         if not needs(strategy):
             return [DocView(query=it.question, key=it.id) for it in rows]
-        from .sentences import doc_views
+        from ctxbench.tasks.data.sentences import doc_views
 
         return doc_views([it.context for it in rows], tokenizer, queries=[it.question for it in rows],
                          keys=[f"{it.k}:{it.id}" for it in rows], lengths=[it.n for it in rows])
@@ -831,68 +832,7 @@ class ExtractiveQA:
                               for it, ws in zip(rows, windows)], n, np.minimum(n, np.array(budgets)) + q + pair_special,
                              [covered(ws) for ws in windows], per_row_s, padded, config)
 
-    # ------------------------------------------------------------ per-k tables
-
-    def summary(self, ctx: Context, results_dir: Path) -> list[str]:
-        path = Path(results_dir) / "runs.jsonl"
-        if not path.exists():
-            return []
-        from bench.results import read_jsonl
-        from bench.store import atomic_write_text
-
-        text = context_tables(read_jsonl(path))
-        if not text:
-            return []
-        out = Path(results_dir) / "by_context.md"
-        atomic_write_text(out, text)
-        return [f"wrote {out} (F1, EM and answer reachability per context_paragraphs k)"]
-
-
-def context_tables(runs: list[dict[str, Any]]) -> str:
-    """Per-k tables (strategy × budget, mean ± std over seeds): a pure function of the run records."""
-    from tabulate import tabulate
-
-    from bench.tables import long_frame, pivot
-
-    df = long_frame([r for r in runs if r.get("task") == "qa"])
-    if df.empty:
-        return ""
-    out = ["# QA by context_paragraphs\n",
-           "Generated from `runs.jsonl` by the qa task; do not edit. k = neighbouring paragraphs added to each "
-           "question's gold paragraph; budget = context tokens per window; every k holds the same questions.\n"]
-    for (dataset, model, mode), g in df.groupby(["dataset", "model", "mode"], sort=True):
-        ks = sorted({c.split("]")[0][4:] for c in g.columns if c.startswith("m.k[") and c.endswith("].f1")
-                     and "bucket" not in c}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
-        seeds = g["seed"].nunique()
-        stat = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
-        for k in ks:
-            for m, name, fmt in (("f1", "F1", "{:.1f}"), ("exact_match", "EM", "{:.1f}"),
-                                 ("answer_reachable", "answer reachable %", "{:.1f}")):
-                col = f"m.k[{k}].{m}"
-                if col not in g or g[col].isna().all():
-                    continue
-                n = int(g[f"m.k[{k}].n"].max()) if f"m.k[{k}].n" in g else 0
-                out.append(f"### qa · {dataset} · {model} · {mode} · k={k} — {name} ({stat}; {n} questions)\n")
-                out.append(tabulate(pivot(g, col, fmt), headers="keys", tablefmt="github", stralign="right") + "\n")
-            rows = []
-            for b in LENGTH_BUCKETS:
-                col, ncol = f"m.k[{k}].bucket[{b}].f1", f"m.k[{k}].bucket[{b}].n"
-                if col in g and g[col].notna().any():
-                    t = pivot(g, col, "{:.1f}")
-                    n = pivot(g, ncol, "{:.0f}")
-                    t = t.astype(str) + " (n=" + n.astype(str) + ")"
-                    t.insert(0, "length", b)
-                    rows.append(t)
-            if rows:
-                import pandas as pd
-
-                out.append(f"### qa · {dataset} · {model} · {mode} · k={k} — F1 by context length in tokens "
-                           f"(≤b, b–2b, 2b–4b, >4b; {stat})\n")
-                out.append(tabulate(pd.concat(rows).sort_index(kind="stable"), headers="keys", tablefmt="github",
-                                    stralign="right") + "\n")
-    return "\n".join(out)
-
 
 __all__ = ["ExtractiveQA", "FOLDS", "Item", "Layout", "Prepared", "WindowOut", "answer_text", "best_in_window",
-           "char_to_token_span", "context_tables", "finetuned", "fold_rule", "forward_windows", "layout",
+           "char_to_token_span", "finetuned", "fold_rule", "forward_windows", "layout",
            "load_articles", "prepare", "reachable", "sliding_params", "token_span_to_chars", "train_features"]

@@ -28,7 +28,7 @@ And one word- and entity-level rule, for like-for-like checks against Hugging Fa
   as it groups them (WordPiece punctuation inside a word starts a new piece-group).
 
 Tokens that no window holds get zeros and ``seen=False``; the caller decides
-what they become (``tasks.ner_data.subtoken_to_word`` maps them to ``"O"``).
+what they become (``ctxbench.tasks.data.ner_data.subtoken_to_word`` maps them to ``"O"``).
 Pure torch, no model.
 """
 from __future__ import annotations
@@ -269,7 +269,7 @@ def stitch_longest_entity(
     """Per word, a BIO tag by the pipeline's entity rule (see the module docstring) and whether
     any window held one of its sub-tokens; returns ``(tags, seen)``. ``offsets``: each sub-token's
     character span (lengths in characters, as the pipeline measures them), else words; ``subword``:
-    which pieces continue the one before (``tasks.ner_data.pipeline_subword``), else all later pieces."""
+    which pieces continue the one before (``ctxbench.tasks.data.ner_data.pipeline_subword``), else all later pieces."""
     if len(word_ids) != n_tokens or (offsets is not None and len(offsets) != n_tokens):
         raise ValueError(f"{len(word_ids)} word ids and {len(offsets or word_ids)} offsets for {n_tokens} tokens")
     positions, logits, _, _ = _prepare(n_tokens, windows, window_logits, len(labels))

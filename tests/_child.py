@@ -1,6 +1,6 @@
 """Helpers for tests that run the CLI in a child process and kill it (SIGKILL, SIGINT).
 
-Children are forked from ``bench.isolate``'s forkserver (torch, transformers and
+Children are forked from ``ctxbench.bench.run.isolate``'s forkserver (torch, transformers and
 the task adapters already imported), so each starts in milliseconds; they are
 real processes, killed by real signals. ``fault`` makes a child kill itself with
 SIGKILL at a precise point of the results store that a kill from outside could
@@ -29,8 +29,8 @@ def _die() -> None:
 def _install(fault: tuple[str, int] | None) -> None:
     if fault is None:
         return
-    import bench.results as R
-    import bench.store as S
+    import ctxbench.bench.results as R
+    import ctxbench.tasks.cache as S
 
     mode, k = fault
     calls = {"n": 0}
@@ -70,7 +70,7 @@ def _install(fault: tuple[str, int] | None) -> None:
     elif mode == "slow_runs":
         import time
 
-        from tasks.clf import Classification
+        from ctxbench.tasks.clf import Classification
 
         run = Classification.run
 
@@ -95,7 +95,7 @@ def run_cli(argv: list[str], environ: dict, log: str, fault: tuple[str, int] | N
     sys.stderr = open(2, "w", buffering=1, closefd=False)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the forkserver ignores it
     _install(fault)
-    from bench.cli import main
+    from ctxbench.bench.cli import main
 
     code = main(argv)
     sys.stdout.flush()
@@ -104,7 +104,7 @@ def run_cli(argv: list[str], environ: dict, log: str, fault: tuple[str, int] | N
 
 
 def start(argv: list[str], log: Path, fault: tuple[str, int] | None = None, model: str | None = None):
-    from bench.isolate import context
+    from ctxbench.bench.run.isolate import context
 
     p = context(model).Process(target=run_cli, args=(argv, dict(os.environ), str(log), fault))
     p.start()

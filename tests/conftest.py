@@ -41,7 +41,7 @@ def tiny_model(tmp_path_factory) -> str:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from bench.packaged import minilm_path
+    from ctxbench.tasks.model.packaged import minilm_path
 
     path = tmp_path_factory.mktemp("tiny-bert")
     tok = AutoTokenizer.from_pretrained(minilm_path())

@@ -19,11 +19,11 @@ import textwrap
 import pytest
 import torch
 
-from bench.config import load_sweep
-from bench.distributed import local_share, strided_share
-from bench.results import check_store, read_jsonl
-from bench.runner import run_sweep
-from tasks import Context
+from ctxbench.bench.config import load_sweep
+from ctxbench.tasks.model.distributed import local_share, strided_share
+from ctxbench.bench.results import check_store, read_jsonl
+from ctxbench.bench.run.runner import run_sweep
+from ctxbench.tasks import Context
 
 RANK_SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -31,10 +31,10 @@ RANK_SCRIPT = textwrap.dedent("""
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method="file://" + sys.argv[3], rank=int(os.environ["RANK"]),
                             world_size=int(os.environ["WORLD_SIZE"]))
-    from bench.config import load_sweep
-    from bench.distributed import DistributedExecutor
-    from bench.runner import run_sweep
-    from tasks import Context
+    from ctxbench.bench.config import load_sweep
+    from ctxbench.bench.run.executors import DistributedExecutor
+    from ctxbench.bench.run.runner import run_sweep
+    from ctxbench.tasks import Context
 
     torch.set_num_threads(1)
     ex = DistributedExecutor()  # joins the process group before anything is loaded

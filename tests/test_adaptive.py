@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import strategies as S
-from strategies import (
+import ctxbench.strategies as S
+from ctxbench.strategies import (
     ConfigError,
     adaptive,  # noqa: F401  (registration)
     window_len,
 )
-from strategies.head_tail import HeadTail
+from ctxbench.strategies.head_tail import HeadTail
 
 
 def covered(windows) -> set[int]:

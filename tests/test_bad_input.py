@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cli import main as cli_main
-from bench.config import load_sweep
-from bench.packaged import resolve_model
-from bench.results import read_jsonl, runs_path
-from bench.runner import run_sweep
-from strategies import ConfigError
-from tasks import Context
+from ctxbench.bench.cli import main as cli_main
+from ctxbench.bench.config import load_sweep
+from ctxbench.tasks.model.packaged import resolve_model
+from ctxbench.bench.results import read_jsonl, runs_path
+from ctxbench.bench.run.runner import run_sweep
+from ctxbench.strategies import ConfigError
+from ctxbench.tasks import Context
 
-from .conftest import WORDS, make_doc
+from tests.conftest import WORDS, make_doc
 
 BASE = ["limits.train=null", "limits.val=null", "limits.test=null", "train.epochs=1", "train.patience=1",
         "seeds=[0]", "device=cpu"]
@@ -151,7 +151,7 @@ def test_a_hub_id_while_offline_says_so_and_how_to_use_a_packaged_or_local_model
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="this machine is offline.*packaged model \\(minilm.*\\) or a local folder"):
         resolve_model("bert-base-uncased")
-    from tasks.sources import load_clf
+    from ctxbench.tasks.data.sources import load_clf
 
     with pytest.raises(ConfigError, match="offline"):
         load_clf("imdb")

@@ -7,14 +7,14 @@ import random
 import pytest
 import torch
 
-from bench.config import load_sweep
-from bench.results import read_jsonl
-from bench.runner import run_sweep
-from bench.tables import leaderboard
-from tasks import Context
-from tasks.clf import Classification, fold_windows
+from ctxbench.bench.config import load_sweep
+from ctxbench.bench.results import read_jsonl
+from ctxbench.bench.run.runner import run_sweep
+from ctxbench.bench.report.tables import leaderboard
+from ctxbench.tasks import Context
+from ctxbench.tasks.clf import Classification, fold_windows
 
-from .conftest import WORDS, make_doc
+from tests.conftest import WORDS, make_doc
 
 ALL = ["strategies=[head, tail, head_tail, {name: sliding, pool: max}, {name: sliding, pool: vote},"
        " {name: hierarchical, pool: attention}, {name: hierarchical, pool: transformer}]"]
@@ -202,6 +202,8 @@ def test_encoder_sharing_rows_of_another_sweep_are_added_not_overwritten(tmp_pat
     import json
     from types import SimpleNamespace
 
+    from ctxbench.bench.results import merge_records
+
     def summarise(dataset, seconds, dtype=None):
         w1, w2, w3 = ((0, 8),), ((4, 12),), ((0, 4), (8, 12))
         cache = SimpleNamespace(rows={("test", 0, w): (None, seconds, 8) for w in (w1, w2, w3)})
@@ -210,7 +212,10 @@ def test_encoder_sharing_rows_of_another_sweep_are_added_not_overwritten(tmp_pat
                 ("span-cache-of", 8): cache,
                 ("grid-of", 8): {"dataset": dataset, "model": "m", "data_seed": 0, "limits": {"test": 1},
                                  **({"compute_dtype": dtype} if dtype else {})}}
-        return Classification().summary(Context(device=torch.device("cpu"), memo=memo), tmp_path)
+        report = Classification().summary(Context(device=torch.device("cpu"), memo=memo))
+        for name, (rows, key) in report.records.items():
+            merge_records(tmp_path / name, rows, key)
+        return report.lines
 
     (line,) = summarise("a", 1.0)
     assert "1.50x one sliding pass" in line and "1.50x its tokens" in line
@@ -232,8 +237,8 @@ def test_model_key_follows_the_files_not_their_place(tiny_model, tmp_path):
     weights or tokenizer files do not."""
     import shutil
 
-    from bench.model import load_encoder
-    from tasks.clf import model_key
+    from ctxbench.tasks.model.encoder import load_encoder
+    from ctxbench.tasks.clf import model_key
 
     cpu = torch.device("cpu")
     copy = shutil.copytree(tiny_model, tmp_path / "copy")
@@ -261,7 +266,7 @@ def test_bfloat16_inference_is_its_own_cell_and_records_its_dtype(tiny_model, ti
     modes = set(leaderboard(runs, root=tmp_path / "r" / "clf").cells["mode"])
     assert modes == {"probe", "probe+bfloat16"}
     # the encoder's forward really runs in bf16: same inputs, vectors equal up to bf16 rounding only
-    from bench.model import encode, load_encoder
+    from ctxbench.tasks.model.encoder import encode, load_encoder
 
     enc = load_encoder(tiny_model, torch.device("cpu"))
     inputs = [[101, 2000 + i, 2100 + i, 102] for i in range(4)]

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from bench import compare as cmp
-from bench.cli import main as cli_main
+from ctxbench.bench.report import compare as cmp
+from ctxbench.bench.cli import main as cli_main
 
 
 def record(strategy: str = "head", budget: int = 128, seed: int = 0, f1: float = 0.80, docs: float = 100.0,

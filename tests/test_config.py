@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.config import load_sweep, parse_strategy
-from strategies import ConfigError
+from ctxbench.bench.config import load_sweep, parse_strategy
+from ctxbench.strategies import ConfigError
 
 
 def test_default_sweep_loads_and_expands():
@@ -65,7 +65,7 @@ def test_auto_mode_follows_the_device_and_is_resolved_in_the_spec(device, mode):
 
 
 def test_overrides_may_follow_the_flags(monkeypatch):
-    import bench.cli as cli
+    import ctxbench.bench.cli as cli
 
     seen = {}
     monkeypatch.setattr(cli, "_bench", lambda args: seen.update(overrides=args.overrides, profile=args.profile) or 0)
@@ -78,7 +78,7 @@ def test_overrides_may_follow_the_flags(monkeypatch):
 def test_later_fields_keep_earlier_run_ids():
     """``precision`` and ``ner`` were added after results were recorded: at their defaults they are left
     out of the spec, so every committed run_id still names the same cell; set, they change it."""
-    from bench.results import run_id
+    from ctxbench.bench.results import run_id
 
     base = load_sweep("ner").cells()[0]
     d = base.to_dict()
@@ -90,8 +90,8 @@ def test_later_fields_keep_earlier_run_ids():
     # the default sweep's cells still hash to the run_ids of the committed default leaderboard
     from pathlib import Path
 
-    from bench.results import read_jsonl
-    from tasks.ner import NER
+    from ctxbench.bench.results import read_jsonl
+    from ctxbench.tasks.ner import NER
 
     committed = {r["run_id"] for r in read_jsonl(Path(__file__).parent.parent / "results" / "ner" / "runs.jsonl")}
     now = {run_id({**c.to_dict(), "task_version": NER.version}) for c in load_sweep("ner").cells()}
@@ -101,7 +101,8 @@ def test_later_fields_keep_earlier_run_ids():
 def test_precision_names_agree_and_resolve_per_device():
     import torch
 
-    from bench import config, model
+    from ctxbench.bench import config
+    from ctxbench.tasks.model import encoder as model
 
     assert set(model.PRECISIONS) == {"auto", "float32", "bfloat16"}
     for p in model.PRECISIONS:  # the config's check (no torch import there) accepts exactly these
@@ -116,7 +117,7 @@ def test_precision_names_agree_and_resolve_per_device():
             assert torch.nn.functional.linear(x, w).dtype == dtype, precision
     with pytest.raises(ConfigError, match="precision must be one of"):
         model.compute_dtype(cpu, "fp16")
-    from tasks.ner import STITCH_CHOICES
+    from ctxbench.tasks.ner import STITCH_CHOICES
 
     assert config.NER().stitch == "auto"
     for choice in ("auto", *STITCH_CHOICES):  # the config's list (no task import there) accepts exactly these
@@ -124,10 +125,10 @@ def test_precision_names_agree_and_resolve_per_device():
 
 
 def test_list_names_every_built_in_source_of_every_task(capsys):
-    from bench.cli import main
-    from tasks.ner_data import SILVER_SOURCES
-    from tasks.qa_data import BUILTIN_FILES
-    from tasks.sources import SOURCES
+    from ctxbench.bench.cli import main
+    from ctxbench.tasks.data.ner_data import SILVER_SOURCES
+    from ctxbench.tasks.data.qa_data import BUILTIN_FILES
+    from ctxbench.tasks.data.sources import SOURCES
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.config import load_sweep
-from bench.results import read_jsonl
-from bench.runner import run_sweep
-from bench.tables import leaderboard, write_leaderboard
-from tasks import Context
+from ctxbench.bench.config import load_sweep
+from ctxbench.bench.results import read_jsonl
+from ctxbench.bench.run.runner import run_sweep
+from ctxbench.bench.report.tables import leaderboard, write_leaderboard
+from ctxbench.tasks import Context
 
 pytestmark = pytest.mark.slow
 

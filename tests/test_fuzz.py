@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-import strategies as S
-from bench.config import _dry_run_strategies, load_sweep, parse_strategy
-from strategies import ConfigError, DocView, window_len
+import ctxbench.strategies as S
+from ctxbench.bench.config import _dry_run_strategies, load_sweep, parse_strategy
+from ctxbench.strategies import ConfigError, DocView, window_len
 
 WORDS = "orbit rocket hockey goal engine car the a of launch team brake season fuel".split()
 STRINGS = ["mean", "max", "vote", "attention", "transformer", "logits", "embeddings", "even", "first", "textrank",

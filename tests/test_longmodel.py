@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel, RobertaConfig, RobertaModel
 
-from bench.longmodel import extend_positions, parse_extended
-from bench.model import load_encoder, template, usable_budget
-from bench.packaged import resolve_model
-from strategies import ConfigError
+from ctxbench.tasks.model.longmodel import extend_positions, parse_extended
+from ctxbench.tasks.model.encoder import load_encoder, template, usable_budget
+from ctxbench.tasks.model.packaged import resolve_model
+from ctxbench.strategies import ConfigError
 
 
 def tiny_bert(max_pos: int = 512) -> BertModel:
@@ -138,7 +138,7 @@ def _run(model, mode, kind, strategy, budget, seed, f1, tokens, seconds, rid):
 
 
 def test_comparison_table_puts_every_model_and_kind_side_by_side():
-    from bench.tables import comparison_frame, comparison_markdown
+    from ctxbench.bench.report.tables import comparison_frame, comparison_markdown
 
     runs = [_run("smollm2", "probe", "full", "head", 2048, s, f1, 68_000, 40.0, f"a{s}")
             for s, f1 in ((0, 0.5), (1, 0.7))]

@@ -1,6 +1,6 @@
 """The NER task adapter through the real runner, on a tiny random BERT and inline tweets.
 
-Inline documents are injected by replacing ``tasks.ner.load_source`` for the dataset
+Inline documents are injected by replacing ``ctxbench.tasks.ner.load_source`` for the dataset
 name ``inline``; everything after loading (validation, alignment, windows, training,
 stitching, scoring, the sidecar and the leaderboard) is the production path.
 """
@@ -12,15 +12,15 @@ import random
 import pytest
 import torch
 
-from bench.config import load_sweep
-from bench.results import read_jsonl
-from bench.runner import run_sweep
-from bench.tables import leaderboard
-from strategies import ConfigError
-from tasks import Context, ner
-from tasks.ner_data import NerDoc, align, first_subtoken_labels, subtoken_to_word
+from ctxbench.bench.config import load_sweep
+from ctxbench.bench.results import read_jsonl
+from ctxbench.bench.run.runner import run_sweep
+from ctxbench.bench.report.tables import leaderboard
+from ctxbench.strategies import ConfigError
+from ctxbench.tasks import Context, ner
+from ctxbench.tasks.data.ner_data import NerDoc, align, first_subtoken_labels, subtoken_to_word
 
-from .conftest import FILLER
+from tests.conftest import FILLER
 
 PEOPLE = ["alice", "bob", "carol", "dave"]
 SURNAMES = ["smith", "jones", "brown"]
@@ -311,7 +311,7 @@ def test_bad_input_policies(tiny_model, monkeypatch):
 
 
 def test_strategy_options_without_token_meaning_are_refused():
-    import strategies
+    import ctxbench.strategies as strategies
 
     with pytest.raises(ConfigError, match="pool must be 'max'"):
         ner.stitch_method(strategies.build("sliding", pool="vote"))
@@ -321,7 +321,7 @@ def test_strategy_options_without_token_meaning_are_refused():
 
 
 def test_empty_document_gets_no_windows():
-    import strategies
+    import ctxbench.strategies as strategies
 
     assert ner.doc_windows(strategies.build("head"), [[], [5, 6, 7]], 2) == [[], [((0, 2),)]]
 
@@ -332,7 +332,7 @@ def test_empty_document_gets_no_windows():
 def test_export_loads_as_token_classifier_with_the_same_logits(tiny_model, tmp_path):
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-    from bench.model import load_encoder
+    from ctxbench.tasks.model.encoder import load_encoder
 
     enc = load_encoder(tiny_model, torch.device("cpu"))
     torch.manual_seed(0)
@@ -377,11 +377,11 @@ def test_longest_entity_stitching_reproduces_the_hf_pipeline(tmp_path):
     """The pipeline's own chunking and entity merge (``stride``, ``aggregation_strategy="first"``) on a tiny
     random token classifier gives exactly our word tags under ``ner.stitch=longest_entity`` with
     ``sliding(last=short)``: the like-for-like mode the NER parity benchmark relies on."""
-    import strategies
+    import ctxbench.strategies as strategies
     from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, pipeline
 
-    from bench.ner_parity import entities_to_tags
-    from bench.packaged import minilm_path
+    from ctxbench.bench.studies.ner_parity import entities_to_tags
+    from ctxbench.tasks.model.packaged import minilm_path
 
     labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     window, overlap = 12, 4
@@ -427,7 +427,7 @@ def test_end_to_end_on_real_silver_long_articles(tmp_path, cache_env, monkeypatc
     """The long-document path on real packaged data: NewsArticles tagged by spaCy at prepare time (a few
     articles, so CI stays fast), the real MiniLM, windows of 128, both stitching families; every table
     line says silver."""
-    from tasks import ner_data
+    from ctxbench.tasks.data import ner_data
 
     real = ner.load_source
 

@@ -11,9 +11,9 @@ import importlib.util
 import pytest
 import torch
 
-from strategies import ConfigError
-from tasks import ner_data
-from tasks.ner_data import (
+from ctxbench.strategies import ConfigError
+from ctxbench.tasks.data import ner_data
+from ctxbench.tasks.data.ner_data import (
     NerDoc,
     align,
     first_subtoken_labels,
@@ -24,7 +24,7 @@ from tasks.ner_data import (
     subtoken_to_word,
     validate,
 )
-from tasks.stitch import (
+from ctxbench.tasks.stitch import (
     context_scores, entity_tags, merge_longest, stitch, stitch_longest_entity, stitch_max_context, stitch_mean,
     window_entities,
 )

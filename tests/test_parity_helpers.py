@@ -2,9 +2,9 @@
 Hugging Face's window placement, and the PASS/FAIL targets checked against measurements."""
 from __future__ import annotations
 
-from bench.ner_parity import entities_to_tags, orphans, repair_orphans, targets as ner_targets
-from bench.qa_parity import targets as qa_targets
-from strategies import build
+from ctxbench.bench.studies.ner_parity import entities_to_tags, orphans, repair_orphans, targets as ner_targets
+from ctxbench.bench.studies.qa_parity import targets as qa_targets
+from ctxbench.strategies import build
 
 
 def test_pipeline_entities_map_to_word_bio_tags():
@@ -40,7 +40,7 @@ def test_sliding_last_short_starts_at_multiples_of_the_step_and_ends_short():
 
 def test_ner_targets_fail_on_a_wide_f1_gap_or_a_slow_tagger():
     """The bars are read on the like-for-like configuration; the bf16-vs-float32 ratio (last) is reported only."""
-    from bench.ner_parity import OURS_DEFAULT, OURS_EQ, REF, speed_pairs
+    from ctxbench.bench.studies.ner_parity import OURS_DEFAULT, OURS_EQ, REF, speed_pairs
 
     pairs = [f"{a} / {b}" for a, b in speed_pairs(32)]
     r = {"f1_diff_points": {f"{OURS_EQ} - {REF}": -0.3, f"{OURS_DEFAULT} - {REF}": 3.0},
@@ -55,7 +55,7 @@ def test_qa_targets_hold_equivalent_settings_to_the_bar_weighted_by_questions():
     """The agreement bar is read on equivalent windows and span rule; ctxbench's own defaults
     (another method) may disagree without failing it. The speed bars are the first two ratios
     (same precision); ctxbench in bf16 against the float32 pipeline is reported, not a bar."""
-    from bench.qa_parity import SPEED_PAIRS
+    from ctxbench.bench.studies.qa_parity import SPEED_PAIRS
 
     names = [f"{a} / {b}" for a, b in SPEED_PAIRS]
     p = {"rows": [{"questions": 300, "same_answer_pct": 90.0, "same_answer_pct_with_hf_windows_and_rule": 99.0},

@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertModel
 
-from bench.config import Train, load_sweep
-from bench.model import n_params, pool_hidden
-from bench.peft_modes import KINDS, adalora_schedule, apply_peft, optimizer_steps, orthogonal_penalty, prefix_positions
-from bench.results import read_jsonl
-from bench.runner import run_sweep
-from strategies import ConfigError
-from tasks import Context
+from ctxbench.bench.config import Train, load_sweep
+from ctxbench.tasks.model.encoder import n_params, pool_hidden
+from ctxbench.tasks.model.peft import (KINDS, adalora_schedule, apply_peft, optimizer_steps, orthogonal_penalty,
+                                       prefix_positions)
+from ctxbench.bench.results import read_jsonl
+from ctxbench.bench.run.runner import run_sweep
+from ctxbench.strategies import ConfigError
+from ctxbench.tasks import Context
 
 PEFT = [k for k in KINDS if k != "full"]
 

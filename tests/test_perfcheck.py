@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from bench import perfcheck
-from bench.perfcheck import Limits, check, limits_for, render
+from ctxbench.bench.perf import check as perfcheck
+from ctxbench.bench.perf.check import Limits, check, limits_for, render
 
 NAMES = ["test_infer[head-b64]", "test_infer[sliding-b256]", "test_finetune_step[sliding-b64]"]
 THRESHOLDS = {"default": {"throughput_drop": 0.10, "memory_rise": 0.10, "memory_min_mb": 8.0}, "benchmarks": {}}
@@ -207,7 +207,7 @@ def test_machine_id_is_stable():
 def test_the_real_suite_runs_and_its_output_passes_against_itself(tmp_path):
     """The pytest-benchmark suite itself (bench/perf), on the tiny random model: every benchmark
     writes the fields perf-check reads, and a run compared with itself passes."""
-    from bench.perfcheck import benches, check, run_suite
+    from ctxbench.bench.perf.check import benches, check, run_suite
 
     out = tmp_path / "latest.json"
     rc = run_suite(out, "cpu", ["--perf-model=tiny", "--perf-docs=300,90", "--perf-budgets=32",

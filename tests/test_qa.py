@@ -9,19 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from bench.config import QA, load_sweep
-from bench.packaged import minilm_path
-from bench.results import read_jsonl
-from bench.runner import run_sweep
-from strategies import ConfigError, build
-from tasks import Context
-from tasks.qa import (
+from ctxbench.bench.config import QA, load_sweep
+from ctxbench.tasks.model.packaged import minilm_path
+from ctxbench.bench.results import read_jsonl
+from ctxbench.bench.report.tables import write_leaderboard
+from ctxbench.bench.run.runner import run_sweep
+from ctxbench.strategies import ConfigError, build
+from ctxbench.tasks import Context
+from ctxbench.tasks.qa import (
     FOLDS, WindowOut, answer_text, best_in_window, char_to_token_span, check_sizes, fold_rule, prepare, reachable,
     sliding_params, token_span_to_chars,
 )
-from tasks.qa_data import QA as QAItem
-from tasks.qa_data import Article, Paragraph, load_squad
-from tasks.squad_metric import exact_match, f1, squad_scores
+from ctxbench.tasks.data.qa_data import QA as QAItem
+from ctxbench.tasks.data.qa_data import Article, Paragraph, load_squad
+from ctxbench.tasks.squad_metric import exact_match, f1, squad_scores
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +266,7 @@ def test_grid_on_a_tiny_model(tiny_model, tmp_path, cache_env):
             .splitlines()]
     assert len(rows) == 24 and {"pred", "answers", "f1", "reachable", "spans", "bucket", "k"} <= set(rows[0])
     assert np.mean([x["f1"] for x in rows]) == pytest.approx(got[("sliding", 16)]["metrics"]["f1"])
+    write_leaderboard(tmp_path / "r" / "qa" / "runs.jsonl")  # bench writes the per-k tables, not the task
     assert "k=2 — F1" in (tmp_path / "r" / "qa" / "by_context.md").read_text()
     again = run(sweep, tmp_path / "r")
     assert again.ran == 0 and again.skipped == 10
@@ -287,8 +289,8 @@ def test_lora_and_refusals(tiny_model, tmp_path, cache_env):
 @pytest.mark.slow
 def test_end_to_end_on_packaged_model_and_data(tmp_path, monkeypatch):
     """The packaged MiniLM, SQuAD dev and SQuAD-shifts, through the runner (a handful of questions)."""
-    from bench.store import cache_dir
-    from tasks.qa_data import fetch_bigbench_members
+    from ctxbench.tasks.cache import cache_dir
+    from ctxbench.tasks.data.qa_data import fetch_bigbench_members
 
     real = fetch_bigbench_members()
     monkeypatch.setenv("CTXBENCH_CACHE", str(tmp_path / "cache"))

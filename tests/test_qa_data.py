@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.store import cache_dir
-from strategies import ConfigError
-from tasks import qa_data
-from tasks.qa_data import (QA, SEP, Article, Paragraph, articles_from_flat, build_examples, fetch_bigbench_members,
+from ctxbench.tasks.cache import cache_dir
+from ctxbench.strategies import ConfigError
+from ctxbench.tasks.data import qa_data
+from ctxbench.tasks.data.qa_data import (QA, SEP, Article, Paragraph, articles_from_flat, build_examples,
+                                         fetch_bigbench_members,
                            load_squad, sample, window)
-from tasks.squad_metric import exact_match, f1, normalize_answer, squad_scores
+from ctxbench.tasks.squad_metric import exact_match, f1, normalize_answer, squad_scores
 
 
 def para(ctx: str, *qas: tuple[str, str, str]) -> Paragraph:

@@ -13,10 +13,11 @@ import textwrap
 import pytest
 import torch
 
-from bench.config import load_sweep
-from bench.results import check_store, read_jsonl
-from bench.runner import cell_label, run_sweep
-from tasks import Context
+from ctxbench.bench.config import load_sweep
+from ctxbench.bench.results import check_store, read_jsonl
+from ctxbench.bench.run.cell import cell_label
+from ctxbench.bench.run.runner import run_sweep
+from ctxbench.tasks import Context
 
 # Loopback only, set before Ray is imported: Ray reads these at import. On Linux Ray resolves
 # _node_ip_address="127.0.0.1" to the machine's routable address (and binds 0.0.0.0) unless
@@ -59,7 +60,7 @@ class DriverDied(KeyboardInterrupt):
 
 
 def kill_then_stop():
-    from bench.executors import RayExecutor
+    from ctxbench.bench.run.executors import RayExecutor
 
     class KillThenStop(RayExecutor):
         """After the first result, SIGKILL a worker that is running a cell; once that death has
@@ -90,7 +91,7 @@ def kill_then_stop():
 
 def test_ray_matches_local_despite_a_killed_worker_and_a_driver_restart(
         ray_local, tiny_model, tiny_data, tmp_path, cache_env, one_thread):
-    from bench.executors import RayExecutor
+    from ctxbench.bench.run.executors import RayExecutor
 
     sweep = sweep_for(tiny_model, tiny_data)
     cells = sweep.cells()
@@ -134,7 +135,7 @@ def test_a_cell_whose_worker_keeps_dying_is_recorded_as_error(ray_local, tiny_mo
                                                                cache_env, one_thread):
     """With max_retries=0, the killed worker's cell is an error run (a rerun retries it);
     every other cell is ok."""
-    from bench.executors import RayExecutor
+    from ctxbench.bench.run.executors import RayExecutor
 
     class KillOnce(RayExecutor):
         def run(self, cells, *args, **kwargs):
@@ -161,8 +162,8 @@ def test_a_cell_whose_worker_keeps_dying_is_recorded_as_error(ray_local, tiny_mo
 
 
 def test_unknown_executor_and_missing_address_use_are_config_errors():
-    from bench.executors import make_executor
-    from strategies import ConfigError
+    from ctxbench.bench.run.executors import make_executor
+    from ctxbench.strategies import ConfigError
 
     with pytest.raises(ConfigError, match="unknown executor 'dask'"):
         make_executor("dask")
@@ -172,7 +173,7 @@ def test_unknown_executor_and_missing_address_use_are_config_errors():
 
 WRITER = textwrap.dedent("""
     import sys
-    from bench.store import atomic_write_checked
+    from ctxbench.tasks.cache import atomic_write_checked
     path, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     for i in range(n):
         payload = (tag * (1000 + 997 * (i % 50))).encode()  # sizes vary: a torn file would show
@@ -183,7 +184,7 @@ WRITER = textwrap.dedent("""
 def test_concurrent_cache_writers_never_show_a_reader_half_a_file(tmp_path):
     """Two processes rewrite one checked cache file while this one reads it: every read is
     a whole entry of one writer (write-then-rename), never a mix or a prefix."""
-    from bench.store import CacheError, read_checked
+    from ctxbench.tasks.cache import CacheError, read_checked
 
     path = tmp_path / "spans.pt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}

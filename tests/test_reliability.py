@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cli import main as cli_main
-from bench.config import load_sweep
-from bench.results import (
+from ctxbench.bench.cli import main as cli_main
+from ctxbench.bench.config import load_sweep
+from ctxbench.bench.results import (
     append_line, check_store, commit_run, done_ids, read_jsonl, run_id, runs_path, scan_jsonl, sidecar_path,
 )
-from bench.runner import halve_batch, run_sweep, spec_record
-from bench.store import CacheError, atomic_write_checked, cached_id_lists, content_hash, read_checked
-from tasks import Context, get_task
-from tasks.clf import Classification, SpanCache
+from ctxbench.bench.run.cell import halve_batch, spec_record
+from ctxbench.bench.run.runner import run_sweep
+from ctxbench.tasks.cache import CacheError, atomic_write_checked, cached_id_lists, content_hash, read_checked
+from ctxbench.tasks import Context, get_task
+from ctxbench.tasks.clf import Classification, SpanCache
 
-from . import _child
+from tests import _child
 
 GRID = ["limits.train=null", "limits.val=null", "limits.test=null", "train.epochs=1", "train.patience=1",
         "strategies=[head, tail]", "budgets=[16, 32]", "seeds=[0, 1]", "device=cpu"]
@@ -209,9 +210,9 @@ class KillerTask(Classification):
 
 def test_isolate_runs_each_cell_in_a_child_and_a_killed_child_is_an_oom_run(
         tiny_model, tiny_data, tmp_path, cache_env, monkeypatch):
-    import bench.runner
+    import ctxbench.bench.run.runner as runner
 
-    monkeypatch.setattr(bench.runner, "get_task", lambda name: KillerTask())
+    monkeypatch.setattr(runner, "get_task", lambda name: KillerTask())
     sweep = load_sweep("clf", [f"model={tiny_model}", f"dataset={tiny_data}", *GRID, "strategies=[head]",
                                "budgets=[16]", "seeds=[0, 1, 2]"])
     summary = run_sweep(sweep, tmp_path / "r", progress=False, isolate=True)

@@ -1,4 +1,4 @@
-"""bench.report: the static site built from the fixture JSONL, checked on disk and in
+"""ctxbench.bench.report.html: the static site built from the fixture JSONL, checked on disk and in
 headless Chromium (loads from file:// without console errors, every plot present and
 non-empty, tables hold the fixture's numbers).
 
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.report import build_report, pareto_front
-from bench.results import read_jsonl
+from ctxbench.bench.report.html import build_report, pareto_front
+from ctxbench.bench.results import read_jsonl
 
 ASSETS = Path(__file__).parent / "assets" / "report"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

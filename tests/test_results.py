@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from bench.config import load_sweep
-from bench.results import append_line, done_ids, read_jsonl, run_id
-from bench.runner import spec_record
-from tasks import get_task
+from ctxbench.bench.config import load_sweep
+from ctxbench.bench.results import append_line, done_ids, read_jsonl, run_id
+from ctxbench.bench.run.cell import spec_record
+from ctxbench.tasks import get_task
 
 
 def test_run_id_is_stable_and_spec_sensitive():

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import scale
-from bench.cli import main as cli_main
+from ctxbench.bench.studies import scale
+from ctxbench.bench.cli import main as cli_main
 
 
 def test_lengths_are_powers_of_two():

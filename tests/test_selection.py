@@ -5,8 +5,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import strategies as S
-from strategies import (  # noqa: F401  (registration)
+import ctxbench.strategies as S
+from ctxbench.strategies import (  # noqa: F401  (registration)
     ConfigError,
     DocView,
     head_select,
@@ -16,7 +16,7 @@ from strategies import (  # noqa: F401  (registration)
     tfidf_select,
     window_len,
 )
-from strategies.select import bm25_scores, fill, merge, random_order, timed_windows
+from ctxbench.strategies.select import bm25_scores, fill, merge, random_order, timed_windows
 
 SELECTION = [
     ("textrank", {}),
@@ -209,7 +209,7 @@ def test_timed_windows_reports_seconds_and_the_same_windows():
 def tok():
     from transformers import AutoTokenizer
 
-    from bench.packaged import minilm_path
+    from ctxbench.tasks.model.packaged import minilm_path
 
     return AutoTokenizer.from_pretrained(minilm_path())
 
@@ -237,7 +237,7 @@ better fuel economy, e.g. the new sedan! Do you agree?
 
 
 def test_sentence_spans_tile_the_task_ids(tok):
-    from tasks.sentences import sentence_spans
+    from ctxbench.tasks.data.sentences import sentence_spans
 
     spans, texts = sentence_spans(NEWS, tok)
     check_tiling(spans, texts, len(ids_of(tok, NEWS)))
@@ -254,7 +254,7 @@ def test_sentence_spans_tile_the_task_ids(tok):
 
 
 def test_join_lines_off_splits_at_line_breaks(tok):
-    from tasks.sentences import sentence_spans
+    from ctxbench.tasks.data.sentences import sentence_spans
 
     spans, texts = sentence_spans(NEWS, tok, join_lines=False)
     check_tiling(spans, texts, len(ids_of(tok, NEWS)))
@@ -262,7 +262,7 @@ def test_join_lines_off_splits_at_line_breaks(tok):
 
 
 def test_long_paragraphs_are_cut_and_still_tile(tok, monkeypatch):
-    import tasks.sentences as TS
+    import ctxbench.tasks.data.sentences as TS
 
     text = " ".join(["alpha beta gamma"] * 200)  # one unpunctuated paragraph
     monkeypatch.setattr(TS, "MAX_CHUNK_CHARS", 300)
@@ -275,14 +275,14 @@ def test_long_paragraphs_are_cut_and_still_tile(tok, monkeypatch):
 @given(text=st.lists(st.sampled_from(list("abc XYZ.!?\n\t,'\"()é日-") + ["Dr. ", "U.S. ", "\n\n", "3.5"]),
                     max_size=150).map("".join))
 def test_sentence_spans_tile_any_text(tok, text):
-    from tasks.sentences import sentence_spans
+    from ctxbench.tasks.data.sentences import sentence_spans
 
     spans, texts = sentence_spans(text, tok)
     check_tiling(spans, texts, len(ids_of(tok, text)))
 
 
 def test_doc_views_feed_the_strategies(tok):
-    from tasks.sentences import doc_key, doc_view, doc_views
+    from ctxbench.tasks.data.sentences import doc_key, doc_view, doc_views
 
     n = len(ids_of(tok, NEWS))
     view = doc_view(NEWS, tok, query="which cars have better fuel economy?", n=n)

@@ -1,4 +1,4 @@
-"""bench.stats: the recomputed metrics equal sklearn's, the bootstrap CI covers a known
+"""ctxbench.bench.report.stats: the recomputed metrics equal sklearn's, the bootstrap CI covers a known
 mean at about the nominal rate, and the paired tests flag a planted difference but not
 a null one (at about the nominal false-positive rate)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import f1_score
 
-from bench import stats
+from ctxbench.bench.report import stats
 
 
 def _rows(y, p):

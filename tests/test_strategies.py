@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import strategies as S
-from strategies import ConfigError, window_len
+import ctxbench.strategies as S
+from ctxbench.strategies import ConfigError, window_len
 
 PURE = [name for name in S.registered() if not S.needs(S.build(name))]
 

@@ -1,4 +1,4 @@
-"""bench.tables: the leaderboard is one pure function of the JSONL and its sidecars.
+"""ctxbench.bench.report.tables: the leaderboard is one pure function of the JSONL and its sidecars.
 
 The fixture (tests/assets/report, written by make_fixture.py) plants a significant gain
 (sliding) and a null change (tail) against head; the golden file pins the markdown.
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.results import read_jsonl
-from bench.tables import BUCKETS, NOT_SIGNIFICANT, leaderboard, length_bucket, write_leaderboard
+from ctxbench.bench.results import read_jsonl
+from ctxbench.bench.report.tables import BUCKETS, NOT_SIGNIFICANT, leaderboard, length_bucket, write_leaderboard
 
 ASSETS = Path(__file__).parent / "assets" / "report"
 CLF = ASSETS / "clf"
@@ -152,8 +152,8 @@ def test_pure_and_deterministic(board):
 
 
 def test_buckets_mirror_the_task_contract():
-    from tasks.base import LENGTH_BUCKETS
-    from tasks.base import length_bucket as task_bucket
+    from ctxbench.tasks.base import LENGTH_BUCKETS
+    from ctxbench.tasks.base import length_bucket as task_bucket
 
     assert BUCKETS == LENGTH_BUCKETS
     for n in (0, 1, 63, 64, 65, 128, 129, 256, 257, 1000):
@@ -161,7 +161,7 @@ def test_buckets_mirror_the_task_contract():
 
 
 def test_peft_methods_are_their_own_groups_never_seeds_of_full():
-    from bench.tables import long_frame
+    from ctxbench.bench.report.tables import long_frame
 
     def run(kind, seed, rid):
         return {"run_id": rid, "status": "ok", "main_metric": "macro_f1", "budget": 128, "metrics": {"macro_f1": 0.5},
@@ -174,7 +174,7 @@ def test_peft_methods_are_their_own_groups_never_seeds_of_full():
 
 
 def test_mode_label_separates_precision_and_stitching_from_the_defaults():
-    from bench.tables import mode_label, table_mode
+    from ctxbench.bench.report.tables import mode_label, table_mode
 
     base = {"mode": "finetune", "train": {"finetune": "full"}}
     assert table_mode(base) == "finetune" and mode_label({"mode": "probe"}) == "probe"

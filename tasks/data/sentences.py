@@ -34,7 +34,7 @@ from functools import lru_cache
 from importlib.metadata import version
 from typing import Any
 
-from strategies.base import DocView, Span
+from ctxbench.strategies.base import DocView, Span
 
 SPLITTER = f"pysbd=={version('pysbd')}"  # record with the task's preprocessing version
 MAX_CHUNK_CHARS = 10_000

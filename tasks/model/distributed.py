@@ -1,8 +1,8 @@
 """Data-parallel fine-tuning across processes (``accelerate launch`` or ``torchrun``).
 
-Every process runs every cell of the grid. Inside a fine-tuning cell, ``tasks.clf.fit``
+Every process runs every cell of the grid. Inside a fine-tuning cell, ``ctxbench.tasks.clf.fit``
 gives each process its share of every batch and averages gradients across processes
-(DDP through accelerate); ``tasks.clf.predict`` gives each process every world-th
+(DDP through accelerate); ``ctxbench.tasks.clf.predict`` gives each process every world-th
 group and gathers the logits back to every process by index, so each process scores
 every example exactly once, and all processes take the same early-stopping decisions.
 Only the main process (rank 0) yields results, so only it writes ``runs.jsonl`` and
@@ -17,11 +17,11 @@ on CUDA, fp32 elsewhere; accelerate's ``--mixed_precision bf16`` is that already
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Sequence
 
 import torch
 
-from strategies import ConfigError
+from ctxbench.strategies import ConfigError
 
 LAUNCHER_ENV = "WORLD_SIZE"  # set by accelerate launch and torchrun for every process they start
 
@@ -125,68 +125,5 @@ def gather_by_index(tags: list[int], logits: torch.Tensor, seconds: list[float],
     return out, secs.tolist(), pad
 
 
-class DistributedExecutor:
-    """Every process runs every cell, in the same order; the main process alone yields
-    results, so only it writes. The cell list is fixed on every process before any
-    process records anything (a barrier), and after each cell the main process tells
-    the others whether the driver goes on (a Ctrl-C or an error stops all of them)."""
-
-    name = "accelerate"
-
-    def __init__(self) -> None:
-        # joins the process group; on CUDA it also makes "cuda" mean this process's GPU,
-        # before the runner loads anything
-        self.state = state()
-
-    @property
-    def is_main(self) -> bool:
-        return self.state.is_main_process
-
-    def _go_on(self, flag: bool) -> bool:
-        if self.state.num_processes == 1:
-            return flag
-        import torch.distributed as dist
-
-        box = [flag]
-        dist.broadcast_object_list(box, src=0)
-        return bool(box[0])
-
-    def run(self, cells: Iterable, ctx, task, env: dict[str, Any], *, oom_retries: int = 0,
-            isolate: bool = False) -> Iterator:
-        from .runner import run_cell
-
-        size = self.state.num_processes
-        cells = list(cells)  # decided now, on every process, from the same runs.jsonl
-        if size > 1:
-            if isolate:
-                raise ConfigError("isolate=True cannot run under a distributed launcher: a cell's child process "
-                                  "would not be part of the process group")
-            if oom_retries:
-                raise ConfigError("oom_retries cannot run under a distributed launcher: an out-of-memory error on "
-                                  "one process would leave the others waiting in a collective")
-            if any(s.task != "clf" or s.mode != "finetune" for s in cells):
-                raise ConfigError("--executor accelerate trains data parallel in clf finetune mode only; other "
-                                  "tasks and probe mode would run replicated on every process: use --executor ray "
-                                  "or a single process")
-        self.state.wait_for_everyone()
-        env = {**env, "distributed": {"num_processes": size, "backend": str(self.state.backend),
-                                      "distributed_type": str(self.state.distributed_type)}}
-        for spec in cells:
-            record, preds = run_cell(spec, ctx, task, env, oom_retries=oom_retries, isolate=isolate)
-            if self.is_main:
-                try:
-                    yield spec, record, preds
-                except GeneratorExit:  # the driver stopped (Ctrl-C, an error): stop everyone
-                    self._go_on(False)
-                    raise
-                self._go_on(True)
-            elif not self._go_on(True):
-                return
-
-    def notes(self) -> list[str]:
-        n = self.state.num_processes
-        return [f"accelerate: {n} process(es), data parallel fine-tuning; rank 0 recorded the results"] if n > 1 else []
-
-
-__all__ = ["DistributedExecutor", "accelerator_for", "cpu_only", "gather_by_index", "launched_world_size",
+__all__ = ["accelerator_for", "cpu_only", "gather_by_index", "launched_world_size",
            "local_share", "state", "strided_share", "world"]

@@ -24,8 +24,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from .results import read_jsonl
-from .store import content_hash
+from ctxbench.bench.results import read_jsonl
+from ctxbench.tasks.cache import content_hash
 
 CHECKS = ("metric", "throughput", "memory")
 LABEL_KEYS = ("task", "dataset", "model", "mode", "strategy", "budget")

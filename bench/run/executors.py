@@ -20,7 +20,8 @@ import time
 from collections import deque
 from typing import Any, Iterable, Iterator, Protocol
 
-from strategies import ConfigError
+from ctxbench.strategies import ConfigError
+from ctxbench.tasks.model.distributed import state
 
 Result = tuple[Any, dict[str, Any], list[dict]]  # (RunSpec, run record, per-example predictions)
 
@@ -46,7 +47,7 @@ class LocalExecutor:
 
     def run(self, cells: Iterable, ctx, task, env: dict[str, Any], *, oom_retries: int = 0,
             isolate: bool = False) -> Iterator[Result]:
-        from .runner import run_cell
+        from ctxbench.bench.run.cell import run_cell
 
         for spec in cells:
             record, preds = run_cell(spec, ctx, task, env, oom_retries=oom_retries, isolate=isolate)
@@ -67,8 +68,8 @@ def share_key(spec) -> tuple | None:
 
 def failure_record(spec, task, env: dict[str, Any], status: str, error: str, tb: str = "") -> dict[str, Any]:
     """The record ``run_cell`` would have written for a failed cell, for a cell whose worker died."""
-    from .results import SCHEMA_VERSION, run_id
-    from .runner import batch_sizes, spec_record
+    from ctxbench.bench.results import SCHEMA_VERSION, run_id
+    from ctxbench.bench.run.cell import batch_sizes, spec_record
 
     sd = spec_record(spec, task)
     return {"schema_version": SCHEMA_VERSION, "run_id": run_id(sd), "task": spec.task, "task_version": task.version,
@@ -88,7 +89,7 @@ class CellWorker:
 
         torch.set_num_threads(settings["threads"])
         if settings["deterministic"]:
-            from .runner import make_deterministic
+            from ctxbench.bench.run.cell import make_deterministic
 
             make_deterministic()
         self.cells, self.settings = cells, settings
@@ -98,11 +99,11 @@ class CellWorker:
         self.where = {"pid": os.getpid(), "node": _node_ip()}
 
     def run(self, spec, oom_retries: int, isolate: bool) -> tuple[dict, list, dict]:
-        from tasks import Context, get_task
+        from ctxbench.tasks import Context, get_task
 
-        from .measure import environment
-        from .model import pick_device
-        from .runner import determinism_record, run_cell
+        from ctxbench.tasks.model.measure import environment
+        from ctxbench.tasks.model.encoder import pick_device
+        from ctxbench.bench.run.cell import determinism_record, run_cell
 
         device = pick_device(spec.device)  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPUs ("" for none)
         key = str(device)
@@ -205,8 +206,8 @@ class RayExecutor:
 
     def run(self, cells: Iterable, ctx, task, env: dict[str, Any], *, oom_retries: int = 0,
             isolate: bool = False) -> Iterator[Result]:
-        from .results import run_id
-        from .runner import cell_label, spec_record
+        from ctxbench.bench.results import run_id
+        from ctxbench.bench.run.cell import cell_label, spec_record
 
         pending, seen = [], set()
         for spec in cells:  # what the driver still wants, each run_id once
@@ -325,7 +326,7 @@ def make_executor(name: str = "local", address: str | None = None, **kwargs: Any
     if address and name != "ray":
         raise ConfigError("--address is for --executor ray")
     if name == "local":
-        from .distributed import launched_world_size
+        from ctxbench.tasks.model.distributed import launched_world_size
 
         if launched_world_size() > 1:  # every process would run and record every cell on its own
             raise ConfigError(f"this is one of {launched_world_size()} processes started by a distributed launcher "
@@ -334,10 +335,71 @@ def make_executor(name: str = "local", address: str | None = None, **kwargs: Any
     if name == "ray":
         return RayExecutor(address, **kwargs)
     if name == "accelerate":
-        from .distributed import DistributedExecutor
-
         return DistributedExecutor()
     raise ConfigError(f"unknown executor {name!r}; valid: local, ray, accelerate")
 
 
 __all__ = ["CellWorker", "Executor", "LocalExecutor", "RayExecutor", "failure_record", "make_executor", "share_key"]
+
+
+class DistributedExecutor:
+    """Every process runs every cell, in the same order; the main process alone yields
+    results, so only it writes. The cell list is fixed on every process before any
+    process records anything (a barrier), and after each cell the main process tells
+    the others whether the driver goes on (a Ctrl-C or an error stops all of them)."""
+
+    name = "accelerate"
+
+    def __init__(self) -> None:
+        # joins the process group; on CUDA it also makes "cuda" mean this process's GPU,
+        # before the runner loads anything
+        self.state = state()
+
+    @property
+    def is_main(self) -> bool:
+        return self.state.is_main_process
+
+    def _go_on(self, flag: bool) -> bool:
+        if self.state.num_processes == 1:
+            return flag
+        import torch.distributed as dist
+
+        box = [flag]
+        dist.broadcast_object_list(box, src=0)
+        return bool(box[0])
+
+    def run(self, cells: Iterable, ctx, task, env: dict[str, Any], *, oom_retries: int = 0,
+            isolate: bool = False) -> Iterator:
+        from ctxbench.bench.run.cell import run_cell
+
+        size = self.state.num_processes
+        cells = list(cells)  # decided now, on every process, from the same runs.jsonl
+        if size > 1:
+            if isolate:
+                raise ConfigError("isolate=True cannot run under a distributed launcher: a cell's child process "
+                                  "would not be part of the process group")
+            if oom_retries:
+                raise ConfigError("oom_retries cannot run under a distributed launcher: an out-of-memory error on "
+                                  "one process would leave the others waiting in a collective")
+            if any(s.task != "clf" or s.mode != "finetune" for s in cells):
+                raise ConfigError("--executor accelerate trains data parallel in clf finetune mode only; other "
+                                  "tasks and probe mode would run replicated on every process: use --executor ray "
+                                  "or a single process")
+        self.state.wait_for_everyone()
+        env = {**env, "distributed": {"num_processes": size, "backend": str(self.state.backend),
+                                      "distributed_type": str(self.state.distributed_type)}}
+        for spec in cells:
+            record, preds = run_cell(spec, ctx, task, env, oom_retries=oom_retries, isolate=isolate)
+            if self.is_main:
+                try:
+                    yield spec, record, preds
+                except GeneratorExit:  # the driver stopped (Ctrl-C, an error): stop everyone
+                    self._go_on(False)
+                    raise
+                self._go_on(True)
+            elif not self._go_on(True):
+                return
+
+    def notes(self) -> list[str]:
+        n = self.state.num_processes
+        return [f"accelerate: {n} process(es), data parallel fine-tuning; rank 0 recorded the results"] if n > 1 else []

