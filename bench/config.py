@@ -17,6 +17,7 @@ import yaml
 
 import ctxbench.strategies as strategies
 from ctxbench.strategies import ConfigError
+from ctxbench.tasks import get_task
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 MODES = ("probe", "finetune")
@@ -60,83 +61,6 @@ class Train:
 
 
 @dataclass(frozen=True)
-class NER:
-    """NER settings (task ``ner``; other tasks ignore them).
-
-    ``stitch``: how window outputs become word tags. ``auto`` = the strategy's rule
-    (sliding ``pool=max``: max-context, ``pool=mean``: mean of logits; every other
-    strategy: max-context); ``max_context`` and ``mean`` force one token-level rule;
-    ``longest_entity`` = the Hugging Face token-classification pipeline's rule (each
-    window decoded alone, overlapping entities resolved longest-first): for
-    like-for-like comparisons with it (see tasks/stitch.py).
-    ``empty_words``: a word that tokenizes to no sub-token (a control or format
-    character) gets one unk token and so a prediction (``unk``), or none, as Hugging
-    Face's tokenizer leaves it (``drop``: scored ``O``, counted unseen); counted either way.
-    """
-
-    stitch: str = "auto"  # auto | max_context | mean | longest_entity
-    empty_words: str = "unk"  # unk | drop
-
-    def __post_init__(self) -> None:
-        valid = ("auto", "max_context", "mean", "longest_entity")  # tasks/ner.py STITCH_CHOICES + auto
-        if self.stitch not in valid:
-            raise ConfigError(f"ner.stitch must be one of {valid}, got {self.stitch!r}")
-        if self.empty_words not in ("unk", "drop"):  # tasks/ner_data.py EMPTY_WORDS
-            raise ConfigError(f"ner.empty_words must be 'unk' or 'drop', got {self.empty_words!r}")
-
-
-@dataclass(frozen=True)
-class QA:
-    """Extractive-QA settings (task ``qa``; other tasks ignore them).
-
-    ``context_paragraphs``: each value k builds a question's context from its
-    gold paragraph plus k neighbouring paragraphs of its article (``"all"`` =
-    the whole article); every cell evaluates every k on the same questions.
-    ``max_question_tokens`` caps a question (``question_overflow``: truncate the
-    excess, counted, or error). ``bad_input``: count (drop empty questions or
-    contexts, keep misaligned answers for EM/F1 only, all counted) or error.
-    ``fold``: how window outputs become one answer; ``auto`` = the strategy's
-    rule (see tasks/qa.py). Training reads ``train_source`` paragraphs in
-    windows of ``train_seq_len`` positions overlapping by ``train_overlap``;
-    a ``train_negatives`` share of the questions is also paired with a
-    neighbouring paragraph of its article, labelled "no answer here" (CLS).
-    """
-
-    context_paragraphs: tuple[Any, ...] = (0,)
-    max_question_tokens: int = 64
-    question_overflow: str = "truncate"  # truncate | error
-    max_answer_tokens: int = 30
-    bad_input: str = "count"  # count | error
-    fold: str = "auto"  # auto | max_logit_sum | null_margin | pipeline_softmax
-    train_source: tuple[str, ...] = ("new_wiki", "nyt", "reddit", "amazon_reviews")
-    train_seq_len: int = 384
-    train_overlap: int = 128
-    train_negatives: float = 0.0  # share of training questions also shown a neighbouring paragraph -> CLS
-
-    def __post_init__(self) -> None:
-        for k in self.context_paragraphs:
-            if not (k == "all" or (isinstance(k, int) and not isinstance(k, bool) and k >= 0)):
-                raise ConfigError(f"qa.context_paragraphs: each value is an integer >= 0 or 'all', got {k!r}")
-        if not self.context_paragraphs or len(set(map(str, self.context_paragraphs))) != len(self.context_paragraphs):
-            raise ConfigError(f"qa.context_paragraphs must be non-empty and distinct, got {self.context_paragraphs!r}")
-        for key in ("max_question_tokens", "max_answer_tokens", "train_seq_len"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"qa.{key} must be an integer >= 1, got {v!r}")
-        if isinstance(self.train_overlap, bool) or not isinstance(self.train_overlap, int) or self.train_overlap < 0:
-            raise ConfigError(f"qa.train_overlap must be an integer >= 0, got {self.train_overlap!r}")
-        choices = {"question_overflow": ("truncate", "error"), "bad_input": ("count", "error"),
-                   "fold": ("auto", "max_logit_sum", "null_margin", "pipeline_softmax")}
-        for key, valid in choices.items():
-            if getattr(self, key) not in valid:
-                raise ConfigError(f"qa.{key} must be one of {valid}, got {getattr(self, key)!r}")
-        if isinstance(self.train_negatives, bool) or not 0.0 <= float(self.train_negatives) <= 1.0:
-            raise ConfigError(f"qa.train_negatives must lie in [0, 1], got {self.train_negatives!r}")
-        if not self.train_source:
-            raise ConfigError("qa.train_source is empty")
-
-
-@dataclass(frozen=True)
 class StrategySpec:
     name: str
     params: tuple[tuple[str, Any], ...] = ()
@@ -171,15 +95,23 @@ class RunSpec:
     label_col: str = "label"
     batch_size: int = 64  # inference windows per batch
     device: str = "auto"
-    qa: QA = field(default_factory=QA)
-    ner: NER = field(default_factory=NER)
     precision: str = "auto"  # inference: auto (bf16 autocast on CUDA, fp32 elsewhere) | float32 | bfloat16
+    settings: Any = None  # the task's own settings (its ``Settings`` dataclass; YAML key = the task's name)
+
+    def __post_init__(self) -> None:  # a spec built in code gets its task's default settings
+        if self.settings is None:
+            cls = getattr(get_task(self.task), "Settings", None)
+            if cls is not None:
+                object.__setattr__(self, "settings", cls())
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as the run record and the run_id hold it. Fields added after results were
         first recorded (``LATER_FIELDS``) are left out at their defaults, so a spec that does
         not use them keeps the run_id it had before they existed."""
         d = dataclasses.asdict(self)
+        del d["settings"]  # a spec holds only its own task's settings, under the task's name
+        if self.settings is not None:
+            d[self.task] = dataclasses.asdict(self.settings)
         d["strategy"] = {"name": self.strategy.name, "params": dict(self.strategy.params), "label": self.strategy.label}
         for name in LATER_FIELDS:
             if getattr(self, name) == _DEFAULTS[name]:
@@ -205,9 +137,8 @@ class Sweep:
     label_col: str = "label"
     batch_size: int = 64
     device: str = "auto"
-    qa: QA = field(default_factory=QA)
-    ner: NER = field(default_factory=NER)
     precision: str = "auto"
+    settings: Any = None  # built from the YAML key named after the task (load_sweep)
 
     def cells(self) -> list[RunSpec]:
         if not self.strategies:
@@ -223,7 +154,7 @@ class Sweep:
         ]
 
 
-LATER_FIELDS = ("ner", "precision")
+LATER_FIELDS = ("precision",)
 _DEFAULTS = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
              for f in fields(RunSpec) if f.name in LATER_FIELDS}
 
@@ -375,7 +306,16 @@ def load_sweep(path_or_task: str, overrides: list[str] = (), profile: str | None
     for text in overrides:
         keys, value = parse_override(text)
         _set(data, keys, value)
+    task = data.get("task", Sweep.task)
+    settings_cls = getattr(get_task(task), "Settings", None)  # unknown task names: "did you mean"
+    raw = data.pop(task, None) if settings_cls is not None else None
+    valid = [f.name for f in fields(Sweep) if f.name != "settings"] + ([task] if settings_cls else [])
+    for key in data:
+        if key not in valid:  # another task's settings key is unknown here too
+            raise _err_unknown(key, valid, path.name)
     sweep = _build(Sweep, data, path.name)
+    if settings_cls is not None:
+        sweep = dataclasses.replace(sweep, settings=_build(settings_cls, raw or {}, f"{path.name}: {task}"))
     if sweep.mode == "auto":
         sweep = dataclasses.replace(sweep, mode=auto_mode(sweep.device))
     validate(sweep)

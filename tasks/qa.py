@@ -477,7 +477,7 @@ def reachable(gold: Sequence[tuple[int, int]], windows: Sequence[Window]) -> boo
 
 
 def train_key(spec, mkey: str) -> str:
-    cfg = spec.qa
+    cfg = spec.settings
     return content_hash("qa-train", TRAIN_VERSION, mkey, asdict(spec.train), list(cfg.train_source),
                         [source_key(s) for s in cfg.train_source], cfg.train_seq_len, cfg.train_overlap,
                         cfg.train_negatives,
@@ -490,7 +490,7 @@ def training_items(spec, tokenizer) -> tuple[list[Item], dict[str, Any]]:
 
     Training always drops (and counts) bad rows: questions without an aligned answer.
     """
-    cfg = spec.qa
+    cfg = spec.settings
     pool: list[qa_data.Example] = []
     counts: dict[str, Any] = {}
     neighbour: dict[str, str] = {}  # question id -> a neighbouring paragraph of its article
@@ -634,8 +634,9 @@ def finetuned(spec, base: Loaded, mkey: str, device: torch.device, progress: boo
     lay = layout(tok)
     items, counts = training_items(spec, tok)
     if not items:
-        raise ConfigError(f"no usable training questions in qa.train_source={list(spec.qa.train_source)}")
-    feats = train_features(items, lay, special_tokens(tok, pair=True), spec.qa.train_seq_len, spec.qa.train_overlap)
+        raise ConfigError(f"no usable training questions in qa.train_source={list(spec.settings.train_source)}")
+    cfg = spec.settings
+    feats = train_features(items, lay, special_tokens(tok, pair=True), cfg.train_seq_len, cfg.train_overlap)
     seed_everything(spec.seed)  # the QA head is initialised from it
     model = AutoModelForQuestionAnswering.from_pretrained(base.path, attn_implementation=base.attn_implementation)
     if spec.train.finetune == "lora":
@@ -682,17 +683,76 @@ def check_sizes(tokenizer, max_pos: int, budget: int | None, cap: int) -> int:
     return sp
 
 
+@dataclass(frozen=True)
+class QASettings:
+    """The qa task's settings (the YAML key ``qa``; a run spec of another task holds none).
+
+    ``context_paragraphs``: each value k builds a question's context from its
+    gold paragraph plus k neighbouring paragraphs of its article (``"all"`` =
+    the whole article); every cell evaluates every k on the same questions.
+    ``max_question_tokens`` caps a question (``question_overflow``: truncate the
+    excess, counted, or error). ``bad_input``: count (drop empty questions or
+    contexts, keep misaligned answers for EM/F1 only, all counted) or error.
+    ``fold``: how window outputs become one answer; ``auto`` = the strategy's
+    rule (see tasks/qa.py). Training reads ``train_source`` paragraphs in
+    windows of ``train_seq_len`` positions overlapping by ``train_overlap``;
+    a ``train_negatives`` share of the questions is also paired with a
+    neighbouring paragraph of its article, labelled "no answer here" (CLS).
+    """
+
+    context_paragraphs: tuple[Any, ...] = (0,)
+    max_question_tokens: int = 64
+    question_overflow: str = "truncate"  # truncate | error
+    max_answer_tokens: int = 30
+    bad_input: str = "count"  # count | error
+    fold: str = "auto"  # auto | max_logit_sum | null_margin | pipeline_softmax
+    train_source: tuple[str, ...] = ("new_wiki", "nyt", "reddit", "amazon_reviews")
+    train_seq_len: int = 384
+    train_overlap: int = 128
+    train_negatives: float = 0.0  # share of training questions also shown a neighbouring paragraph -> CLS
+
+    def __post_init__(self) -> None:
+        for k in self.context_paragraphs:
+            if not (k == "all" or (isinstance(k, int) and not isinstance(k, bool) and k >= 0)):
+                raise ConfigError(f"qa.context_paragraphs: each value is an integer >= 0 or 'all', got {k!r}")
+        if not self.context_paragraphs or len(set(map(str, self.context_paragraphs))) != len(self.context_paragraphs):
+            raise ConfigError(f"qa.context_paragraphs must be non-empty and distinct, got {self.context_paragraphs!r}")
+        for key in ("max_question_tokens", "max_answer_tokens", "train_seq_len"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"qa.{key} must be an integer >= 1, got {v!r}")
+        if isinstance(self.train_overlap, bool) or not isinstance(self.train_overlap, int) or self.train_overlap < 0:
+            raise ConfigError(f"qa.train_overlap must be an integer >= 0, got {self.train_overlap!r}")
+        choices = {"question_overflow": ("truncate", "error"), "bad_input": ("count", "error"),
+                   "fold": ("auto", "max_logit_sum", "null_margin", "pipeline_softmax")}
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"qa.{key} must be one of {valid}, got {getattr(self, key)!r}")
+        if isinstance(self.train_negatives, bool) or not 0.0 <= float(self.train_negatives) <= 1.0:
+            raise ConfigError(f"qa.train_negatives must lie in [0, 1], got {self.train_negatives!r}")
+        if not self.train_source:
+            raise ConfigError("qa.train_source is empty")
+
+
+
 @register_task("qa")
 class ExtractiveQA:
+    Settings = QASettings
     version = "1"
     main_metric = "f1"
     higher_is_better = True
+
+    def sources(self) -> str:
+        """The built-in data sets, for ``ctxbench list``."""
+        return ("squad_dev (SQuAD v1.1 dev from the bigbench sdist; evaluation), "
+                + ", ".join(k for k in qa_data.BUILTIN_FILES if k != "squad_dev") + " (SQuAD-shifts; training)"
+                " + any hub SQuAD-format id (connected)")
 
     def data_label(self, spec) -> str:
         return "gold"
 
     def run(self, spec, ctx: Context) -> CellResult:
-        cfg = spec.qa
+        cfg = spec.settings
         cpu0 = time.process_time()
         if spec.mode != "finetune":
             raise ConfigError("qa: mode must be 'finetune' (train.finetune: full or lora); a frozen encoder has no "

@@ -41,8 +41,8 @@ def test_profile_and_overrides():
     ("strategies=[{name: sliding, last: end}]", "last must be one of"),
 ])
 def test_bad_config_is_a_clear_error(override, match):
-    with pytest.raises(ConfigError, match=match):
-        load_sweep("clf", [override])
+    with pytest.raises(ConfigError, match=match):  # a task's settings are checked by its own sweep
+        load_sweep("ner" if override.startswith("ner.") else "clf", [override])
 
 
 def test_unknown_profile_and_sweep():
@@ -75,33 +75,35 @@ def test_overrides_may_follow_the_flags(monkeypatch):
         cli.main(["bench", "clf", "--profile", "smoke", "--no-such-flag"])
 
 
-def test_later_fields_keep_earlier_run_ids():
-    """``precision`` and ``ner`` were added after results were recorded: at their defaults they are left
-    out of the spec, so every committed run_id still names the same cell; set, they change it."""
-    from ctxbench.bench.results import run_id
-
-    base = load_sweep("ner").cells()[0]
-    d = base.to_dict()
-    assert "precision" not in d and "ner" not in d and "qa" in d
-    bf16 = load_sweep("ner", ["precision=bfloat16"]).cells()[0].to_dict()
-    rule = load_sweep("ner", ["ner.stitch=longest_entity"]).cells()[0].to_dict()
-    assert bf16["precision"] == "bfloat16" and rule["ner"]["stitch"] == "longest_entity"
-    assert len({run_id(d), run_id(bf16), run_id(rule)}) == 3
-    # the default sweep's cells still hash to the run_ids of the committed default leaderboard
+def test_a_spec_holds_only_its_own_tasks_settings_and_later_fields_keep_run_ids():
+    """A run spec carries its own task's settings under the task's name and no other task's; a
+    settings key of another task is an unknown key. ``precision`` was added after results were
+    recorded: at its default it is left out of the spec; set, it changes the run_id. The QA
+    sweep's spec kept its shape, so its cells still hash to the committed run_ids."""
     from pathlib import Path
 
-    from ctxbench.bench.results import read_jsonl
-    from ctxbench.tasks.ner import NER
+    from ctxbench.bench.results import read_jsonl, run_id
+    from ctxbench.tasks.qa import ExtractiveQA
 
-    committed = {r["run_id"] for r in read_jsonl(Path(__file__).parent.parent / "results" / "ner" / "runs.jsonl")}
-    now = {run_id({**c.to_dict(), "task_version": NER.version}) for c in load_sweep("ner").cells()}
+    clf, ner, qa = (load_sweep(t).cells()[0].to_dict() for t in ("clf", "ner", "qa"))
+    assert "qa" not in clf and "ner" not in clf and "settings" not in clf
+    assert "ner" in ner and "qa" not in ner and "qa" in qa and "ner" not in qa
+    for task, key in (("clf", "qa.fold=auto"), ("qa", "ner.stitch=mean"), ("ner", "qa.fold=auto")):
+        with pytest.raises(ConfigError, match="unknown key"):
+            load_sweep(task, [key])
+    d = load_sweep("ner").cells()[0].to_dict()
+    bf16 = load_sweep("ner", ["precision=bfloat16"]).cells()[0].to_dict()
+    rule = load_sweep("ner", ["ner.stitch=longest_entity"]).cells()[0].to_dict()
+    assert "precision" not in d and bf16["precision"] == "bfloat16" and rule["ner"]["stitch"] == "longest_entity"
+    assert len({run_id(d), run_id(bf16), run_id(rule)}) == 3
+    committed = {r["run_id"] for r in read_jsonl(Path(__file__).parent.parent / "results" / "qa" / "runs.jsonl")}
+    now = {run_id({**c.to_dict(), "task_version": ExtractiveQA.version}) for c in load_sweep("qa").cells()}
     assert now <= committed
 
 
 def test_precision_names_agree_and_resolve_per_device():
     import torch
 
-    from ctxbench.bench import config
     from ctxbench.tasks.model import encoder as model
 
     assert set(model.PRECISIONS) == {"auto", "float32", "bfloat16"}
@@ -119,9 +121,11 @@ def test_precision_names_agree_and_resolve_per_device():
         model.compute_dtype(cpu, "fp16")
     from ctxbench.tasks.ner import STITCH_CHOICES
 
-    assert config.NER().stitch == "auto"
-    for choice in ("auto", *STITCH_CHOICES):  # the config's list (no task import there) accepts exactly these
-        assert load_sweep("ner", [f"ner.stitch={choice}"]).ner.stitch == choice
+    from ctxbench.tasks.ner import NERSettings
+
+    assert NERSettings().stitch == "auto"
+    for choice in ("auto", *STITCH_CHOICES):  # the settings' list accepts exactly these
+        assert load_sweep("ner", [f"ner.stitch={choice}"]).settings.stitch == choice
 
 
 def test_list_names_every_built_in_source_of_every_task(capsys):

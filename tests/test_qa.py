@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctxbench.bench.config import QA, load_sweep
+from ctxbench.bench.config import load_sweep
+from ctxbench.tasks.qa import QASettings as QA
 from ctxbench.tasks.model.packaged import minilm_path
 from ctxbench.bench.results import read_jsonl
 from ctxbench.bench.report.tables import write_leaderboard

@@ -176,7 +176,7 @@ def test_peft_methods_are_their_own_groups_never_seeds_of_full():
 def test_mode_label_separates_precision_and_stitching_from_the_defaults():
     from ctxbench.bench.report.tables import mode_label, table_mode
 
-    base = {"mode": "finetune", "train": {"finetune": "full"}}
+    base = {"task": "ner", "mode": "finetune", "train": {"finetune": "full"}}
     assert table_mode(base) == "finetune" and mode_label({"mode": "probe"}) == "probe"
     assert mode_label({**base, "precision": "bfloat16"}) == "finetune:full+bfloat16"
     assert table_mode({**base, "precision": "auto", "ner": {"stitch": "auto"}}) == "finetune"

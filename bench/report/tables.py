@@ -9,11 +9,12 @@ over seeds.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,20 @@ import pandas as pd
 from tabulate import tabulate
 
 from ctxbench.bench.report import stats
-from ctxbench.bench.config import NER
 from ctxbench.tasks.cache import canonical, content_hash
 
-NER_DEFAULTS = asdict(NER())  # a run's NER settings that differ from these name its mode
+
+
+@functools.lru_cache(maxsize=None)
+def _mode_defaults(task: str) -> dict[str, Any]:
+    """The defaults of the task settings that name a run's mode (``Settings.mode_keys``): a run
+    whose settings differ there is scored another way and never averages with the defaults."""
+    from ctxbench.tasks import get_task, task_names
+
+    if task not in task_names():
+        return {}
+    cls = getattr(get_task(task), "Settings", None)
+    return {k: getattr(cls(), k) for k in getattr(cls, "mode_keys", ())} if cls else {}
 
 # (column in the long frame, heading, format)
 COLUMNS = {
@@ -499,8 +510,9 @@ def mode_label(spec: dict) -> str:
     kind = (spec.get("train") or {}).get("finetune", "full")
     label = spec["mode"] if spec["mode"] != "finetune" else f"finetune:{kind}"
     extras = [spec["precision"]] if spec.get("precision", "auto") != "auto" else []
-    ner = spec.get("ner") or {}
-    extras += [f"{k}={ner[k]}" for k, v in NER_DEFAULTS.items() if ner.get(k, v) != v]
+    task = spec.get("task", "")
+    own = spec.get(task) or {}
+    extras += [f"{k}={own[k]}" for k, v in _mode_defaults(task).items() if own.get(k, v) != v]
     return "+".join([label, *extras])
 
 

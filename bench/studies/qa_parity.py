@@ -217,7 +217,7 @@ def setup(device_name: str = "cpu", profile: str | None = None, folder: str | No
 def eval_items(spec, k, n: int, tok):
     from ctxbench.tasks.qa import load_articles, prepare
 
-    data = prepare(load_articles(spec.dataset), [k], n, spec.data_seed, tok, spec.qa.max_question_tokens)
+    data = prepare(load_articles(spec.dataset), [k], n, spec.data_seed, tok, spec.settings.max_question_tokens)
     return data.items[k]
 
 
