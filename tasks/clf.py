@@ -29,6 +29,7 @@ from ctxbench.tasks.model.encoder import (
     n_params, pack, pad_batch, pool_hidden, seed_everything, sync, usable_budget,
 )
 from ctxbench.tasks.cache import cache_dir, content_hash, file_hash
+from ctxbench.tasks.model.windows import WindowCache
 from ctxbench.strategies import ConfigError, Window, needs, window_len
 from ctxbench.strategies.select import timed_windows
 
@@ -313,80 +314,6 @@ def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable
 # ---------------------------------------------------------------- span cache
 
 
-class SpanCache:
-    """Vectors of encoded windows, keyed by (split, document index, window), shared by
-    every strategy at every budget for one (data, model, pooler). The file name is the
-    content hash of those inputs (``key``); the file is written atomically with that key
-    and a checksum (``ctxbench.tasks.cache.atomic_write_checked``), so a stale, truncated or
-    damaged file is reported and rebuilt, never used."""
-
-    def __init__(self, path, key: str | None = None):
-        self.path = path
-        self.key = key or path.stem
-        self.rows: dict[tuple, tuple[torch.Tensor, float, int]] = {}
-        self.dirty = False
-        self.loaded_from_disk = 0
-        self.rebuilt: str | None = None
-        if path.exists():
-            import io
-
-            from ctxbench.tasks.cache import read_checked
-
-            try:
-                blob = torch.load(io.BytesIO(read_checked(path, self.key)), weights_only=True)
-                n = len(blob["keys"])
-                if not (len(blob["vectors"]) == len(blob["seconds"]) == len(blob["padded"]) == n):
-                    raise ValueError(f"inconsistent lengths ({n} keys)")
-                for k, v, s, p in zip(blob["keys"], blob["vectors"], blob["seconds"], blob["padded"]):
-                    self.rows[_key_from_list(k)] = (v, float(s), int(p))
-                self.loaded_from_disk = len(self.rows)
-            except Exception as e:  # stale, corrupt or incompatible: rebuild
-                import warnings
-
-                warnings.warn(f"span cache {path} not used ({e}); rebuilding", stacklevel=2)
-                self.rows, self.rebuilt = {}, str(e)
-
-    def save(self) -> None:
-        if not self.dirty:
-            return
-        import io
-
-        from ctxbench.tasks.cache import atomic_write_checked
-
-        keys = list(self.rows)
-        buf = io.BytesIO()
-        torch.save({
-            "keys": [_key_to_list(k) for k in keys],
-            "vectors": torch.stack([self.rows[k][0] for k in keys]),
-            "seconds": torch.tensor([self.rows[k][1] for k in keys], dtype=torch.float64),
-            "padded": torch.tensor([self.rows[k][2] for k in keys], dtype=torch.long),
-        }, buf)
-        atomic_write_checked(self.path, buf.getvalue(), self.key)
-        self.dirty = False
-
-    def ensure(self, keys: list[tuple], inputs: Callable[[tuple], list[int]], enc: Loaded, spec,
-               device: torch.device, progress: bool) -> int:
-        missing = [k for k in dict.fromkeys(keys) if k not in self.rows]
-        if missing:
-            got = encode(enc.model, [inputs(k) for k in missing], enc.tokenizer.pad_token_id, device,
-                         spec.pooler, spec.batch_size, progress="encode windows" if progress else None,
-                         precision=spec.precision)
-            for k, v, s, x in zip(missing, got.vectors, got.seconds, got.widths):
-                self.rows[k] = (v.clone(), s, x)
-            self.dirty = True
-        return len(missing)
-
-
-def _key_to_list(k: tuple) -> list:
-    split, doc, window = k
-    return [split, doc, [list(s) for s in window]]
-
-
-def _key_from_list(k: list) -> tuple:
-    split, doc, window = k
-    return (split, int(doc), tuple(tuple(int(x) for x in s) for s in window))
-
-
 # ---------------------------------------------------------------- the task
 
 
@@ -433,8 +360,8 @@ class Classification:
             if sliding is None or len(per_strategy) < 2:
                 continue
             union = set().union(*per_strategy.values())
-            t_all = sum(cache.rows[k][1] for k in union)
-            t_sliding = sum(cache.rows[k][1] for k in sliding)
+            t_all = sum(cache.seconds(k) for k in union)
+            t_sliding = sum(cache.seconds(k) for k in sliding)
             ratio = t_all / max(t_sliding, 1e-12)
             tok_all, tok_sliding = (sum(window_len(k[2]) for k in keys) for keys in (union, sliding))
             rows.append({**ctx.memo.get(("grid-of", budget), {}), "budget": budget,
@@ -543,17 +470,17 @@ class Classification:
 
     def _probe(self, spec, ctx, enc, mkey, data, windows, head, budget, strategy) -> CellResult:
         dtype = compute_dtype_name(ctx.device, spec.precision)  # vectors differ by compute dtype
-        cache: SpanCache = ctx.get(("spans", data.key, mkey, spec.pooler, dtype), lambda: SpanCache(
+        cache: WindowCache = ctx.get(("spans", data.key, mkey, spec.pooler, dtype), lambda: WindowCache(
             cache_dir("spans") / f"{content_hash(data.key, mkey, spec.pooler, dtype, self.version)}.pt"))
-
-        def inputs(k):
-            split, i, w = k
-            return build_input(enc.tokenizer, data.ids[split][i], w)
-
         keys = [(s, i, w) for s in SPLITS for i, ws in enumerate(windows[s]) for w in ws]
         t0 = time.perf_counter()
-        n_new = cache.ensure(self._grid_keys(spec, ctx, data, enc, budget, keys), inputs, enc, spec, ctx.device,
-                             ctx.progress)
+        missing = cache.missing(self._grid_keys(spec, ctx, data, enc, budget, keys))
+        if missing:
+            got = encode(enc.model, [build_input(enc.tokenizer, data.ids[split][i], w) for split, i, w in missing],
+                         enc.tokenizer.pad_token_id, ctx.device, spec.pooler, spec.batch_size,
+                         progress="encode windows" if ctx.progress else None, precision=spec.precision)
+            cache.fill(missing, got.vectors, got.seconds, got.widths)
+        n_new = len(missing)
         encode_wall = time.perf_counter() - t0
         cache.save()
         ctx.memo.setdefault(("grid-windows", budget), {})[spec.strategy.label] = set(keys)
@@ -562,12 +489,12 @@ class Classification:
                                          "limits": asdict(spec.limits), "compute_dtype": dtype}
 
         def item(split, i, ws):
-            return torch.stack([cache.rows[(split, i, w)][0] for w in ws])  # (K, d)
+            return torch.stack([cache.output((split, i, w)) for w in ws])  # (K, d)
 
         model = ProbeModel(head, enc.model.config.hidden_size).to(ctx.device)
         scores, head_per_doc, _, _, train_info = self._train_eval(spec, ctx, model, data, windows, strategy, item)
-        enc_per_doc = np.array([sum(cache.rows[("test", i, w)][1] for w in ws) for i, ws in enumerate(windows["test"])])
-        padded = sum(cache.rows[("test", i, w)][2] for i, ws in enumerate(windows["test"]) for w in ws)
+        enc_per_doc = np.array([sum(cache.seconds(("test", i, w)) for w in ws) for i, ws in enumerate(windows["test"])])
+        padded = sum(cache.width(("test", i, w)) for i, ws in enumerate(windows["test"]) for w in ws)
         measurements = self.measure(spec, enc, data, windows, budget, enc_per_doc + head_per_doc, padded)
         measurements.update(encode_wall_s=encode_wall, windows_encoded_now=n_new,
                             span_cache_hits=len(set(keys)) - n_new, encoder_seconds_test=float(enc_per_doc.sum()),

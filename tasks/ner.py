@@ -69,10 +69,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ctxbench.tasks.model.encoder import (
-    AttentionPool, Loaded, TransformerAgg, autocast, build_input, compute_dtype_name, length_batches, linear_warmup,
+    AttentionPool, Loaded, TransformerAgg, autocast, build_input, compute_dtype_name, forward_batched, linear_warmup,
     load_encoder, masked_reduce, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, template, usable_budget,
 )
 from ctxbench.tasks.cache import content_hash
+from ctxbench.tasks.model.windows import WindowCache
 from ctxbench.strategies import ConfigError, Window, needs, window_len
 
 from ctxbench.tasks.base import LENGTH_BUCKETS, CellResult, Context, length_bucket, register_task
@@ -721,41 +722,34 @@ class NER:
         from ctxbench.tasks.clf import model_key
 
         mkey = ctx.get(("model_key", spec.model), lambda: model_key(p.enc))
-        cache: dict = ctx.memo.setdefault(("ner-hidden", p.data.key, mkey,
-                                            compute_dtype_name(ctx.device, spec.precision)), {})
+        cache: WindowCache = ctx.get(("ner-hidden", p.data.key, mkey, compute_dtype_name(ctx.device, spec.precision)),
+                                     WindowCache)
         keys = [(s, i, w) for s in SPLITS for i, ws in enumerate(p.windows[s]) for w in ws]
-        missing = [k for k in dict.fromkeys(keys) if k not in cache]
+        missing = cache.missing(keys)
         t0 = time.perf_counter()
         if missing:
             enc = p.enc
-            inputs = [build_input(enc.tokenizer, p.data.ids[s][i], w) for s, i, w in missing]
-            lengths = [len(x) for x in inputs]
             enc.model.eval()
-            with torch.inference_mode():
-                for batch in tqdm(length_batches(lengths, spec.batch_size), desc="encode windows",
-                                  disable=not ctx.progress, leave=False):
-                    ids, mask = pad_batch([inputs[j] for j in batch], enc.tokenizer.pad_token_id)
-                    sync(ctx.device)
-                    t1 = time.perf_counter()
-                    with autocast(ctx.device, spec.precision):
-                        h = enc.model(input_ids=ids.to(ctx.device),
-                                      attention_mask=mask.to(ctx.device)).last_hidden_state
-                    h = h.float().cpu()
-                    sync(ctx.device)
-                    dt = time.perf_counter() - t1
-                    real = max(1, sum(lengths[j] for j in batch))
-                    for r, j in enumerate(batch):
-                        cache[missing[j]] = (h[r, : lengths[j]].clone(), dt * lengths[j] / real, ids.shape[1])
+            inputs = [build_input(enc.tokenizer, p.data.ids[s][i], w) for s, i, w in missing]
+
+            def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+                return enc.model(input_ids=ids, attention_mask=mask).last_hidden_state.float().cpu()  # (B, W, d)
+
+            got = forward_batched(forward, inputs, enc.tokenizer.pad_token_id, ctx.device,
+                                  lambda h, r, j: h[r, : len(inputs[j])], spec.batch_size,
+                                  "encode windows" if ctx.progress else None, spec.precision)
+            cache.fill(missing, got.outputs, got.seconds, got.widths)
         encode_wall = time.perf_counter() - t0
         model = TokenModel(head, None, p.enc.tokenizer.pad_token_id, ctx.device).to(ctx.device)
-        enc_seconds = np.array([sum(cache[("test", i, w)][1] for w in ws) for i, ws in enumerate(p.windows["test"])])
-        padded = sum(cache[("test", i, w)][2] for i, ws in enumerate(p.windows["test"]) for w in ws)
+        enc_seconds = np.array([sum(cache.seconds(("test", i, w)) for w in ws)
+                                for i, ws in enumerate(p.windows["test"])])
+        padded = sum(cache.width(("test", i, w)) for i, ws in enumerate(p.windows["test"]) for w in ws)
         extra = {"encode_wall_s": encode_wall, "windows_encoded_now": len(missing), "padded_test": padded,
                  "encoder_seconds_test": float(enc_seconds.sum()),
                  "timing": "encoder: tokens-apportioned batch time when the window was first encoded; head: now"}
 
         def item(split: str, i: int, w: Window) -> torch.Tensor:
-            return cache[(split, i, w)][0]
+            return cache.output((split, i, w))
 
         return model, item, enc_seconds, extra
 

@@ -80,10 +80,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ctxbench.tasks.model.encoder import (
-    Loaded, Template, autocast, compute_dtype_name, length_batches, linear_warmup, load_encoder, n_params,
+    Loaded, Template, autocast, compute_dtype_name, forward_batched, linear_warmup, load_encoder, n_params,
     seed_everything, special_tokens, sync, template, usable_budget, window_ids,
 )
 from ctxbench.tasks.cache import cache_dir, content_hash, file_hash
+from ctxbench.tasks.model.windows import WindowCache
 from ctxbench.strategies import ConfigError, DocView, Window, needs, window_len
 from ctxbench.strategies.base import positions
 
@@ -346,30 +347,25 @@ def pad_inputs(built: Sequence[tuple], pad_id: int) -> tuple[torch.Tensor, ...]:
 def forward_windows(model: torch.nn.Module, lay: Layout, pad_id: int,
                     requests: Sequence[tuple[Sequence[int], Sequence[int], Window]], device: torch.device,
                     batch_size: int = 32, progress: str | None = None, precision: str = "auto") -> list[WindowOut]:
-    """Start/end logits of (question, context, window) inputs, batched by length (longest first)."""
+    """Start/end logits of (question, context, window) inputs (``forward_batched``)."""
     model.eval()
     built = [lay.pair(q, c, w) for q, c, w in requests]
-    lengths = [len(b[0]) for b in built]
-    out: list[WindowOut | None] = [None] * len(built)
-    batches = length_batches(lengths, batch_size, max_tokens=batch_size * 256)
-    for batch in tqdm(batches, desc=progress or "windows", disable=progress is None, leave=False):
-        ids, mask, types = pad_inputs([built[i] for i in batch], pad_id)  # (B, W) each
-        kw = {"token_type_ids": types.to(device)} if lay.token_types else {}
-        sync(device)
-        t0 = time.perf_counter()
-        with autocast(device, precision):
-            o = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
-        start, end = o.start_logits.float().cpu().numpy(), o.end_logits.float().cpu().numpy()  # (B, W)
-        sync(device)
-        dt = time.perf_counter() - t0
-        real = max(1, sum(lengths[i] for i in batch))
-        for r, i in enumerate(batch):
-            first, n = built[i][2], window_len(requests[i][2])
-            s, e = start[r, first:first + n].copy(), end[r, first:first + n].copy()
-            ns, ne = float(start[r, lay.cls_index]), float(end[r, lay.cls_index])
-            out[i] = WindowOut(s, e, ns, ne, _lse(ns, s), _lse(ne, e), dt * lengths[i] / real, ids.shape[1],
-                               lengths[i])
-    return out  # type: ignore[return-value]
+
+    def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        o = model(input_ids=ids, attention_mask=mask, **({"token_type_ids": types} if lay.token_types else {}))
+        return o.start_logits.float().cpu().numpy(), o.end_logits.float().cpu().numpy()  # (B, W) each
+
+    def take(out: tuple[np.ndarray, np.ndarray], r: int, i: int) -> tuple:
+        start, end = out
+        first, n = built[i][2], window_len(requests[i][2])
+        s, e = start[r, first:first + n].copy(), end[r, first:first + n].copy()
+        ns, ne = float(start[r, lay.cls_index]), float(end[r, lay.cls_index])
+        return s, e, ns, ne, _lse(ns, s), _lse(ne, e)
+
+    got = forward_batched(forward, [b[0] for b in built], pad_id, device, take, batch_size, progress, precision,
+                          token_types=[b[1] for b in built])
+    return [WindowOut(*o, sec, width, len(b[0]))
+            for o, sec, width, b in zip(got.outputs, got.seconds, got.widths, built)]
 
 
 # ---------------------------------------------------------------- folding
@@ -780,7 +776,8 @@ class ExtractiveQA:
         ft: Loaded = ctx.get(("qa-ft", str(folder), str(device)), lambda: load_encoder(
             str(folder), device, auto_class="AutoModelForQuestionAnswering"))
         lay = layout(ft.tokenizer)
-        cache: dict = ctx.get(("qa-windows", str(folder), data.key, compute_dtype_name(device, spec.precision)), dict)
+        cache: WindowCache = ctx.get(("qa-windows", str(folder), data.key,
+                                      compute_dtype_name(device, spec.precision)), WindowCache)
 
         rows = data.rows(cfg.context_paragraphs)
         budgets = [usable_budget(tok, base.max_positions, spec.budget, pair=True, question_len=len(it.q_ids))
@@ -791,19 +788,19 @@ class ExtractiveQA:
         windows = [strategy.windows(it.n, b, v) for it, b, v in zip(rows, budgets, views)]
         select_s, split_s = time.perf_counter() - t_select, t_select - t_split
         keys = [[(str(it.k), it.id, w) for w in ws] for it, ws in zip(rows, windows)]
-        missing = [k for k in dict.fromkeys(x for ks in keys for x in ks) if k not in cache]
+        missing = cache.missing(x for ks in keys for x in ks)
         by_key = {(str(it.k), it.id): it for it in rows}
         t0 = time.perf_counter()
         outs = forward_windows(ft.model, lay, tok.pad_token_id,
                                [(by_key[k[:2]].q_ids, by_key[k[:2]].c_ids, k[2]) for k in missing], device,
                                spec.batch_size, "predict" if ctx.progress else None, spec.precision)
         encode_wall = time.perf_counter() - t0
-        cache.update(zip(missing, outs))
+        cache.fill(missing, outs, [o.seconds for o in outs], [o.width for o in outs])
 
         fold = FOLDS[rule]
         preds, per_row_s, padded = [], [], 0
         for it, ws, ks, b in zip(rows, windows, keys, budgets):
-            o = [cache[k] for k in ks]
+            o = [cache.output(k) for k in ks]
             t1 = time.perf_counter()
             choice = fold(o, ws, cfg.max_answer_tokens,
                           lambda a, z, it=it: it.context[slice(*token_span_to_chars(it.offsets, a, z))])

@@ -200,13 +200,14 @@ def test_encoder_sharing_rows_of_another_sweep_are_added_not_overwritten(tmp_pat
     """Two sweeps (other data) writing results/clf/encoder_sharing.json: each keeps its rows; a rerun
     of one sweep replaces only its own."""
     import json
-    from types import SimpleNamespace
 
     from ctxbench.bench.results import merge_records
+    from ctxbench.tasks.model.windows import WindowCache
 
     def summarise(dataset, seconds, dtype=None):
         w1, w2, w3 = ((0, 8),), ((4, 12),), ((0, 4), (8, 12))
-        cache = SimpleNamespace(rows={("test", 0, w): (None, seconds, 8) for w in (w1, w2, w3)})
+        cache = WindowCache()
+        cache.rows.update({("test", 0, w): (None, seconds, 8) for w in (w1, w2, w3)})
         memo = {("grid-windows", 8): {"sliding": {("test", 0, w1), ("test", 0, w2)}, "head": {("test", 0, w1)},
                                       "head_tail": {("test", 0, w3)}},
                 ("span-cache-of", 8): cache,

@@ -22,7 +22,8 @@ from ctxbench.bench.run.cell import halve_batch, spec_record
 from ctxbench.bench.run.runner import run_sweep
 from ctxbench.tasks.cache import CacheError, atomic_write_checked, cached_id_lists, content_hash, read_checked
 from ctxbench.tasks import Context, get_task
-from ctxbench.tasks.clf import Classification, SpanCache
+from ctxbench.tasks.clf import Classification
+from ctxbench.tasks.model.windows import WindowCache as SpanCache
 
 from tests import _child
 

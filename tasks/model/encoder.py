@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -189,6 +189,49 @@ def sync(device: torch.device) -> None:
 
 
 @dataclass
+class Batched:
+    outputs: list[Any]  # per input: what ``take`` kept of its row of the batch output
+    seconds: list[float]  # per input: its token share of its batch's forward time (an estimate, not its own cost)
+    widths: list[int]  # per input: the padded width of its batch (its padded tokens)
+    padded_tokens: int
+    real_tokens: int
+
+
+@torch.inference_mode()
+def forward_batched(forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], Any],
+                    inputs: Sequence[Sequence[int]], pad_id: int, device: torch.device,
+                    take: Callable[[Any, int, int], Any], batch_size: int = 64, progress: str | None = None,
+                    precision: str = "auto", token_types: Sequence[Sequence[int]] | None = None) -> Batched:
+    """The one batched inference path of every task: inputs grouped by length (longest first, at most
+    ``batch_size`` inputs and ``batch_size * 256`` tokens a batch), padded, run through ``forward(ids,
+    mask, types)`` under the run's precision, CUDA synchronised around the clock; ``take(out, row,
+    index)`` keeps what the task needs of input ``index`` (batch row ``row``)."""
+    from tqdm.auto import tqdm
+
+    lengths = [len(x) for x in inputs]
+    out: list[Any] = [None] * len(inputs)
+    seconds = [0.0] * len(inputs)
+    widths = [0] * len(inputs)
+    padded = 0
+    for batch in tqdm(length_batches(lengths, batch_size, max_tokens=batch_size * 256), desc=progress or "forward",
+                      disable=progress is None, leave=False):
+        ids, mask = pad_batch([inputs[i] for i in batch], pad_id)  # (B, W) each
+        types = pad_batch([token_types[i] for i in batch], 0)[0].to(device) if token_types is not None else None
+        padded += ids.numel()
+        sync(device)
+        t0 = time.perf_counter()
+        with autocast(device, precision):
+            result = forward(ids.to(device), mask.to(device), types)
+        kept = [take(result, r, i) for r, i in enumerate(batch)]  # reading the output waits for the device
+        sync(device)
+        dt = time.perf_counter() - t0
+        real = max(1, sum(lengths[i] for i in batch))
+        for r, i in enumerate(batch):
+            out[i], seconds[i], widths[i] = kept[r], dt * lengths[i] / real, ids.shape[1]
+    return Batched(out, seconds, widths, padded, sum(lengths))
+
+
+@dataclass
 class Encoded:
     vectors: torch.Tensor  # (N, d) float32 on CPU
     seconds: list[float]  # per input: its token share of its batch's wall time
@@ -197,7 +240,6 @@ class Encoded:
     real_tokens: int
 
 
-@torch.inference_mode()
 def encode(
     model: nn.Module,
     inputs: Sequence[Sequence[int]],
@@ -208,34 +250,18 @@ def encode(
     progress: str | None = None,
     precision: str = "auto",
 ) -> Encoded:
-    """Encode token-id inputs into one vector each, batched by length."""
-    from tqdm.auto import tqdm
-
+    """Encode token-id inputs into one pooled vector each (``forward_batched``)."""
     model.eval()
-    lengths = [len(x) for x in inputs]
-    out = [None] * len(inputs)
-    seconds = [0.0] * len(inputs)
-    widths = [0] * len(inputs)
-    padded = 0
-    batches = length_batches(lengths, batch_size, max_tokens=batch_size * 256)
-    for batch in tqdm(batches, desc=progress or "encode", disable=progress is None, leave=False):
-        ids, mask = pad_batch([inputs[i] for i in batch], pad_id)
-        padded += ids.numel()
-        sync(device)
-        t0 = time.perf_counter()
-        with autocast(device, precision):
-            hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        vec = pool_hidden(hidden.float(), mask.to(device), pooler).cpu()
-        sync(device)
-        dt = time.perf_counter() - t0
-        real = sum(lengths[i] for i in batch)
-        for j, i in enumerate(batch):
-            out[i] = vec[j]
-            seconds[i] = dt * lengths[i] / max(real, 1)
-            widths[i] = ids.shape[1]
+
+    def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, W, d)
+        return pool_hidden(hidden.float(), mask, pooler).cpu()  # (B, d)
+
+    got = forward_batched(forward, inputs, pad_id, device, lambda vec, r, i: vec[r], batch_size,
+                          progress or None, precision)
     d = model.config.hidden_size
-    vectors = torch.stack(out) if out else torch.zeros((0, d))
-    return Encoded(vectors, seconds, widths, padded, sum(lengths))
+    vectors = torch.stack(got.outputs) if got.outputs else torch.zeros((0, d))
+    return Encoded(vectors, got.seconds, got.widths, got.padded_tokens, got.real_tokens)
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
