@@ -14,7 +14,6 @@ import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -26,9 +25,9 @@ from tqdm.auto import tqdm
 
 from ctxbench.tasks.model.encoder import (
     Head, Loaded, autocast, build_input, compute_dtype_name, encode, length_batches, linear_warmup, load_encoder,
-    n_params, pack, pad_batch, pool_hidden, seed_everything, sync, usable_budget,
+    model_key, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, usable_budget,
 )
-from ctxbench.tasks.cache import cache_dir, content_hash, file_hash
+from ctxbench.tasks.cache import cache_dir, content_hash
 from ctxbench.tasks.model.windows import WindowCache
 from ctxbench.strategies import ConfigError, Window, needs, window_len
 from ctxbench.strategies.select import timed_windows
@@ -315,21 +314,6 @@ def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable
 
 
 # ---------------------------------------------------------------- the task
-
-
-MODEL_FILES = ("*.safetensors", "*.bin", "tokenizer.json", "vocab.txt", "merges.txt", "*.model",
-               "tokenizer_config.json", "special_tokens_map.json")
-
-
-def model_key(enc: Loaded) -> str:
-    """What a model computes, for cache keys: its config and the hashes of its weight and tokenizer
-    files. A local folder is known by its content, not its place, so two checkouts (or venvs) holding
-    the same files share caches; a model without local weight files (a hub id) is known by its name."""
-    folder = Path(enc.path)
-    files = sorted({f for pat in MODEL_FILES for f in folder.glob(pat)}) if folder.is_dir() else []
-    config = {k: v for k, v in enc.model.config.to_dict().items() if k != "_name_or_path"}
-    named = [] if any(f.suffix in (".safetensors", ".bin") for f in files) else [enc.path]
-    return content_hash(*named, config, [(f.name, file_hash(f)) for f in files])
 
 
 @register_task("clf")

@@ -70,7 +70,8 @@ from tqdm.auto import tqdm
 
 from ctxbench.tasks.model.encoder import (
     AttentionPool, Loaded, TransformerAgg, autocast, build_input, compute_dtype_name, forward_batched, linear_warmup,
-    load_encoder, masked_reduce, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, template, usable_budget,
+    load_encoder, masked_reduce, model_key, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, template,
+    usable_budget,
 )
 from ctxbench.tasks.cache import content_hash
 from ctxbench.tasks.model.windows import WindowCache
@@ -565,8 +566,6 @@ class NER:
     # ------------------------------------------------------------ preparation
 
     def prepare(self, spec, ctx: Context) -> Prepared:
-        from ctxbench.tasks.clf import model_key
-
         device = ctx.device
         enc: Loaded = ctx.get(("encoder", spec.model, str(device)), lambda: load_encoder(spec.model, device))
         mkey = ctx.get(("model_key", spec.model), lambda: model_key(enc))
@@ -719,8 +718,6 @@ class NER:
     def _probe_model(self, spec, ctx: Context, p: Prepared, head: TokenHead):
         """Frozen encoder: every distinct window is encoded once per process (shared by the
         cells of a sweep) into its (L, d) hidden states; the head trains on those."""
-        from ctxbench.tasks.clf import model_key
-
         mkey = ctx.get(("model_key", spec.model), lambda: model_key(p.enc))
         cache: WindowCache = ctx.get(("ner-hidden", p.data.key, mkey, compute_dtype_name(ctx.device, spec.precision)),
                                      WindowCache)

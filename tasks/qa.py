@@ -80,7 +80,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ctxbench.tasks.model.encoder import (
-    Loaded, Template, autocast, compute_dtype_name, forward_batched, linear_warmup, load_encoder, n_params,
+    Loaded, Template, autocast, compute_dtype_name, forward_batched, linear_warmup, load_encoder, model_key, n_params,
     seed_everything, special_tokens, sync, template, usable_budget, window_ids,
 )
 from ctxbench.tasks.cache import cache_dir, content_hash, file_hash
@@ -91,7 +91,6 @@ from ctxbench.strategies.base import positions
 from ctxbench.tasks.data import qa_data
 from ctxbench.tasks.base import (LENGTH_BUCKETS, CellResult, Context, cost_measures, covered, length_bucket,
                                  register_task)
-from ctxbench.tasks.clf import model_key
 from ctxbench.tasks.squad_metric import exact_match, f1 as squad_f1, squad_scores
 
 FOLD_DEFAULTS = {"hierarchical": "null_margin"}  # everything else: max_logit_sum

@@ -239,7 +239,7 @@ def test_model_key_follows_the_files_not_their_place(tiny_model, tmp_path):
     import shutil
 
     from ctxbench.tasks.model.encoder import load_encoder
-    from ctxbench.tasks.clf import model_key
+    from ctxbench.tasks.model.encoder import model_key
 
     cpu = torch.device("cpu")
     copy = shutil.copytree(tiny_model, tmp_path / "copy")

@@ -197,8 +197,7 @@ def setup(device_name: str = "cpu", profile: str | None = None, folder: str | No
     import torch
 
     from ctxbench.bench.config import load_sweep
-    from ctxbench.tasks.model.encoder import load_encoder
-    from ctxbench.tasks.clf import model_key
+    from ctxbench.tasks.model.encoder import load_encoder, model_key
     from ctxbench.tasks.qa import finetuned, layout
 
     sweep = load_sweep("qa", profile=profile)

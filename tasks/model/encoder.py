@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -17,6 +18,7 @@ import torch.nn as nn
 
 from ctxbench.strategies import ConfigError, Window
 
+from ctxbench.tasks.cache import content_hash, file_hash
 from ctxbench.tasks.model.packaged import resolve_model
 
 
@@ -68,6 +70,21 @@ def load_encoder(name: str, device: torch.device, auto_class: str = "AutoModel",
     attn = getattr(model.config, "_attn_implementation", attn) or attn
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     return Loaded(tokenizer, model, path, max_positions(tokenizer, model.config), attn, dtype)
+
+
+MODEL_FILES = ("*.safetensors", "*.bin", "tokenizer.json", "vocab.txt", "merges.txt", "*.model",
+               "tokenizer_config.json", "special_tokens_map.json")
+
+
+def model_key(enc: Loaded) -> str:
+    """What a model computes, for cache keys: its config and the hashes of its weight and tokenizer
+    files. A local folder is known by its content, not its place, so two checkouts (or venvs) holding
+    the same files share caches; a model without local weight files (a hub id) is known by its name."""
+    folder = Path(enc.path)
+    files = sorted({f for pat in MODEL_FILES for f in folder.glob(pat)}) if folder.is_dir() else []
+    config = {k: v for k, v in enc.model.config.to_dict().items() if k != "_name_or_path"}
+    named = [] if any(f.suffix in (".safetensors", ".bin") for f in files) else [enc.path]
+    return content_hash(*named, config, [(f.name, file_hash(f)) for f in files])
 
 
 def special_tokens(tokenizer, pair: bool = False) -> int:
