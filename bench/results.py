@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ctxbench.tasks.cache import atomic_write_text, canonical, content_hash
+from ctxbench.tasks import cache as store
 
 SCHEMA_VERSION = 1
 RUNS_FILE = "runs.jsonl"
@@ -127,8 +128,6 @@ def sidecar_text(rows: list[dict[str, Any]]) -> str:
 
 def write_sidecar(path: Path, rows: list[dict[str, Any]]) -> str:
     """Per-example predictions, written atomically; returns the content hash recorded in the run line."""
-    from ctxbench.tasks import cache as store
-
     text = sidecar_text(rows)
     store.atomic_write_text(path, text)
     return content_hash(text.encode())

@@ -21,7 +21,13 @@ from collections import deque
 from typing import Any, Iterable, Iterator, Protocol
 
 from ctxbench.strategies import ConfigError
-from ctxbench.tasks.model.distributed import state
+from ctxbench.bench.results import SCHEMA_VERSION, run_id
+from ctxbench.bench.run.cell import (batch_sizes, cell_label, determinism_record, make_deterministic, run_cell,
+                                     spec_record)
+from ctxbench.tasks import Context, get_task
+from ctxbench.tasks.model.distributed import launched_world_size, state
+from ctxbench.tasks.model.encoder import pick_device
+from ctxbench.tasks.model.measure import environment
 
 Result = tuple[Any, dict[str, Any], list[dict]]  # (RunSpec, run record, per-example predictions)
 
@@ -47,8 +53,6 @@ class LocalExecutor:
 
     def run(self, cells: Iterable, ctx, task, env: dict[str, Any], *, oom_retries: int = 0,
             isolate: bool = False) -> Iterator[Result]:
-        from ctxbench.bench.run.cell import run_cell
-
         for spec in cells:
             record, preds = run_cell(spec, ctx, task, env, oom_retries=oom_retries, isolate=isolate)
             yield spec, record, preds
@@ -68,9 +72,6 @@ def share_key(spec) -> tuple | None:
 
 def failure_record(spec, task, env: dict[str, Any], status: str, error: str, tb: str = "") -> dict[str, Any]:
     """The record ``run_cell`` would have written for a failed cell, for a cell whose worker died."""
-    from ctxbench.bench.results import SCHEMA_VERSION, run_id
-    from ctxbench.bench.run.cell import batch_sizes, spec_record
-
     sd = spec_record(spec, task)
     return {"schema_version": SCHEMA_VERSION, "run_id": run_id(sd), "task": spec.task, "task_version": task.version,
             "main_metric": task.main_metric, "higher_is_better": task.higher_is_better,
@@ -89,8 +90,6 @@ class CellWorker:
 
         torch.set_num_threads(settings["threads"])
         if settings["deterministic"]:
-            from ctxbench.bench.run.cell import make_deterministic
-
             make_deterministic()
         self.cells, self.settings = cells, settings
         self.contexts: dict[str, Any] = {}
@@ -99,12 +98,6 @@ class CellWorker:
         self.where = {"pid": os.getpid(), "node": _node_ip()}
 
     def run(self, spec, oom_retries: int, isolate: bool) -> tuple[dict, list, dict]:
-        from ctxbench.tasks import Context, get_task
-
-        from ctxbench.tasks.model.measure import environment
-        from ctxbench.tasks.model.encoder import pick_device
-        from ctxbench.bench.run.cell import determinism_record, run_cell
-
         device = pick_device(spec.device)  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPUs ("" for none)
         key = str(device)
         if key not in self.contexts:
@@ -206,9 +199,6 @@ class RayExecutor:
 
     def run(self, cells: Iterable, ctx, task, env: dict[str, Any], *, oom_retries: int = 0,
             isolate: bool = False) -> Iterator[Result]:
-        from ctxbench.bench.results import run_id
-        from ctxbench.bench.run.cell import cell_label, spec_record
-
         pending, seen = [], set()
         for spec in cells:  # what the driver still wants, each run_id once
             rid = run_id(spec_record(spec, task))
@@ -326,8 +316,6 @@ def make_executor(name: str = "local", address: str | None = None, **kwargs: Any
     if address and name != "ray":
         raise ConfigError("--address is for --executor ray")
     if name == "local":
-        from ctxbench.tasks.model.distributed import launched_world_size
-
         if launched_world_size() > 1:  # every process would run and record every cell on its own
             raise ConfigError(f"this is one of {launched_world_size()} processes started by a distributed launcher "
                               f"(accelerate launch, torchrun): use --executor accelerate")
@@ -370,8 +358,6 @@ class DistributedExecutor:
 
     def run(self, cells: Iterable, ctx, task, env: dict[str, Any], *, oom_retries: int = 0,
             isolate: bool = False) -> Iterator:
-        from ctxbench.bench.run.cell import run_cell
-
         size = self.state.num_processes
         cells = list(cells)  # decided now, on every process, from the same runs.jsonl
         if size > 1:

@@ -22,6 +22,10 @@ import signal
 from typing import Any
 
 import torch
+from ctxbench.bench.run.attempt import Outcome, attempt
+from ctxbench.tasks import Context
+from ctxbench.tasks.model.measure import peak_rss_mb
+from ctxbench.tasks.model.packaged import resolve_model
 
 PRELOAD = ["ctxbench.bench.run.cell", "ctxbench.tasks", "transformers.models.auto.modeling_auto",
            "transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_tokenizers",
@@ -34,8 +38,6 @@ def preload_for(model: str) -> list[str]:
     on first use: seconds per child otherwise). Unknown or hub models: the generic list."""
     import json
     from pathlib import Path
-
-    from ctxbench.tasks.model.packaged import resolve_model
 
     try:
         cfg = json.loads((Path(resolve_model(model)) / "config.json").read_text())
@@ -58,8 +60,6 @@ def context(model: str | None = None) -> Any:
 
 def run_isolated(spec, task, ctx) -> Any:
     """Run ``attempt(spec)`` in a fresh child; returns its Outcome (or one describing its death)."""
-    from ctxbench.bench.run.attempt import Outcome
-
     mpc = context(spec.model)
     recv, send = mpc.Pipe(duplex=False)
     child = mpc.Process(target=_child, name=f"ctxbench-cell-{spec.strategy.label}-b{spec.budget}-s{spec.seed}",
@@ -97,10 +97,6 @@ def _child(conn, spec, task, device: str, progress: bool, threads: int, cells: l
     os.environ.clear()
     os.environ.update(environ)
     torch.set_num_threads(threads)
-    from ctxbench.tasks import Context
-
-    from ctxbench.tasks.model.measure import peak_rss_mb
-    from ctxbench.bench.run.attempt import Outcome, attempt
 
     ctx = Context(device=torch.device(device), progress=progress)
     ctx.memo["cells"] = cells
