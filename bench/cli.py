@@ -13,10 +13,50 @@ FLAG_KEYS = {"dataset": "dataset", "model": "model", "mode": "mode", "text_col":
              "device": "device"}
 
 
+def _forget(path: Path, keys: set[str]) -> int:
+    """``--rerun``: drop the lines of these specs from runs.jsonl (under its lock) so they are measured
+    afresh and replaced; their sidecars are overwritten by the new runs. Returns how many were dropped."""
+    import json
+
+    from ctxbench.bench.report.tables import spec_key
+    from ctxbench.bench.results import locked
+    from ctxbench.tasks.cache import atomic_write_text
+
+    if not path.exists():
+        return 0
+    with locked(path):
+        kept, dropped = [], 0
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                hit = spec_key(json.loads(line)) in keys
+            except (ValueError, AttributeError):
+                hit = False
+            dropped += hit
+            if not hit:
+                kept.append(line)
+        if dropped:
+            atomic_write_text(path, "".join(kept))
+    return dropped
+
+
+def _recorded_by(runs: list[dict]) -> str:
+    """Which machine(s) and commit(s) recorded these runs, from their env fields."""
+    from collections import Counter
+
+    env = [r.get("env") or {} for r in runs]
+    machines = Counter(f"{e.get('device_name', '?')} on host {e.get('hostname', '?')}" for e in env)
+    commits = Counter(f"{str(e.get('git_sha') or '?')[:10]}{' (dirty)' if e.get('git_dirty') else ''}" for e in env)
+    dates = sorted(str(r.get("created_at", "")) for r in runs if r.get("created_at"))
+    when = f", {dates[0][:10]} to {dates[-1][:10]}" if dates else ""
+    return f"{'; '.join(machines)} at commit {', '.join(commits)}{when}"
+
+
 def _bench(args: argparse.Namespace) -> int:
     from ctxbench.bench.config import load_sweep
     from ctxbench.bench.run.runner import run_sweep
-    from ctxbench.bench.report.tables import write_leaderboard
+    from ctxbench.bench.report.tables import spec_key, summary_tables, write_leaderboard
+    from ctxbench.bench.results import read_jsonl
+    from ctxbench.tasks.cache import canonical
 
     overrides = list(args.overrides)
     for flag, key in FLAG_KEYS.items():
@@ -36,17 +76,27 @@ def _bench(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)  # pinned for the whole sweep; every run line records it
     executor = make_executor(args.executor, args.address)
+    runs_file = Path(args.results) / sweep.task / "runs.jsonl"
+    keys = {canonical(c.to_dict()) for c in cells}
+    if args.rerun:
+        print(f"--rerun: {_forget(runs_file, keys)} recorded runs of this sweep dropped; measuring afresh")
     summary = run_sweep(sweep, args.results, progress=not args.quiet, isolate=args.isolate,
                         oom_retries=args.oom_retries, deterministic=args.deterministic, executor=executor)
-    board = write_leaderboard(Path(args.results) / sweep.task / "runs.jsonl")
-    print(board.markdown())
+    board = write_leaderboard(runs_file)
+    mine = [r for r in read_jsonl(runs_file) if spec_key(r) in keys]
+    print(summary_tables(mine, board=board))
+    if summary.ran == 0 and mine:
+        print(f"Every cell of this sweep was already recorded in {runs_file}: nothing was measured now. "
+              f"Recorded by {_recorded_by(mine)}; its speeds and memory are that machine's, not this one's. "
+              f"To measure afresh: add --rerun (re-measures these cells and replaces their lines), or pass "
+              f"another results folder (--results DIR).")
     print(f"ran {summary.ran}, skipped {summary.skipped} already recorded, failed {len(summary.failed)}"
           f"{', interrupted' if summary.interrupted else ''}")
     for line in summary.notes:
         print(line)
     for label, status, msg in summary.failed:
         print(f"  {status}: {label}: {msg}")
-    print(f"wrote {Path(args.results) / sweep.task / 'leaderboard.md'}")
+    print(f"wrote {runs_file.parent / 'SUMMARY.md'} (details: leaderboard.md)")
     return 0 if summary.ok else 1
 
 
@@ -61,7 +111,8 @@ def _table(args: argparse.Namespace) -> int:
         path = Path(args.results) / task / "runs.jsonl"
         if not path.exists():
             raise ConfigError(f"{path} does not exist")
-        print(write_leaderboard(path).markdown())
+        board = write_leaderboard(path)
+        print(f"wrote {path.parent / 'SUMMARY.md'}, leaderboard.md ({len(board.sections)} tables)")
     return 0
 
 
@@ -113,6 +164,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--oom-retries", type=int, default=0,
                    help="retry an out-of-memory cell up to N times with its batch sizes halved (default 0)")
     b.add_argument("--deterministic", action="store_true", help="ask torch for deterministic kernels")
+    b.add_argument("--rerun", action="store_true",
+                   help="measure this sweep's cells afresh, replacing the lines already recorded for them")
     b.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for the sweep (default: torch's, i.e. the usable cores); recorded per run")
     b.set_defaults(func=_bench)

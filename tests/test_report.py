@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from ctxbench.bench.report.html import build_report, pareto_front
+from ctxbench.bench.report.tables import REFERENCE
 from ctxbench.bench.results import read_jsonl
 
 ASSETS = Path(__file__).parent / "assets" / "report"
@@ -64,6 +65,11 @@ def test_site_files(site):
             assert f'src="plots/{png.name}"' in page
     index = (site / "index.html").read_text()
     assert 'href="clf/report.html' in index and 'href="qa/report.html' in index
+    clf = (site / "clf" / "report.html").read_text()
+    # the summary, its forest plot of Δ vs head and the length histogram come before any detail table
+    first = clf.index('id="summary"')
+    assert first < clf.index("-forest.png") < clf.index("-lengths.png") < clf.index("<h2 id=\"clf-")
+    assert index.index("<table") < index.index("Every task")  # the index opens on the summaries
     assert "silver" in (site / "qa" / "report.html").read_text()
     assert "oom" in (site / "clf" / "report.html").read_text()  # the planted unfinished run is listed
 
@@ -161,7 +167,8 @@ class Browser:
         self.proc = subprocess.Popen(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--no-first-run", "--no-default-browser-check",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
+             "--disable-dev-shm-usage", "--window-size=1280,800", f"--user-data-dir={profile}",
+             "--remote-debugging-address=127.0.0.1",
              "--remote-debugging-port=0", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file = profile / "DevToolsActivePort"
@@ -283,12 +290,33 @@ def test_report_in_headless_chromium(browser, site):
         for i in images:
             assert i["ok"] and i["w"] > 100 and i["h"] > 100, i
         tables = json.loads(browser.evaluate(TABLES))
-        metric_table = tables[0]
+        assert tables[0].startswith("b\tstrategy\t")  # the summary comes first
+        metric_table = next(t for t in tables[1:]  # the first detail table: strategy × budget
+                            if any(line.split("\t")[0].strip() == REFERENCE for line in t.splitlines()))
         for (strategy, budget), value in _expected_cells(task).items():
             row = next(line for line in metric_table.splitlines() if line.split("\t")[0].strip() == strategy)
             assert f"{value:.3f} [" in row, (strategy, budget, value, row)
         if task == "clf":
-            # planted: tail ≈ head at every budget; sliding significantly better
+            # planted: tail undecided against head at every budget; sliding significantly better (Holm)
             rows = {line.split("\t")[0].strip(): line for line in metric_table.splitlines()}
-            assert rows["tail"].count("≈") == 2 and "≈" not in rows["sliding[max_windows=4,pool=mean]"]
+            assert rows["sliding[max_windows=4,pool=mean]"].count("▲") == 2
+            assert "▲" not in rows["tail"] and "▼" not in rows["tail"]
             assert any("n=24" in t for t in tables)  # length-bucket counts of the fixture at b=32
+            summary = tables[0].splitlines()
+            assert sum("▲" in line for line in summary) == 2 and all("sliding" in line for line in summary
+                                                                       if "▲" in line)
+
+
+def test_summary_is_on_the_first_screen(browser, site, tmp_path):
+    """The index and each task page open on the default sweep's summary table: its top is inside the
+    first screen (1280×800), above any detail table; a screenshot of that screen is taken."""
+    for page in ("index.html", "clf/report.html", "qa/report.html"):
+        assert browser.load((site / page).as_uri()) == []
+        box = json.loads(browser.evaluate(
+            "JSON.stringify((() => { const t = document.querySelector('table'); const r = t.getBoundingClientRect();"
+            " return {top: r.top, h: window.innerHeight, w: window.innerWidth, head: t.innerText.split('\\n')[0]};"
+            " })())"))
+        assert box["head"].startswith("b\tstrategy") and 0 <= box["top"] < box["h"], (page, box)
+        shot = base64.b64decode(browser.call("Page.captureScreenshot", {"format": "png"}, session=True)["data"])
+        assert shot.startswith(PNG_MAGIC) and len(shot) > 5000
+        (tmp_path / page.replace("/", "-")).with_suffix(".png").write_bytes(shot)

@@ -110,7 +110,7 @@ def test_seed_combined_ci_covers_the_population_mean():
     for r in range(reps):
         difficulty = rng.beta(2, 2, size=120)  # P(correct) of each example, mean 0.5
         scores = rng.random((3, 120)) < difficulty  # (seeds, n)
-        hits += stats.bootstrap_ci(scores, seed=r).covers(0.5)
+        hits += stats.bootstrap_ci(scores, n_boot=1000, seed=r).covers(0.5)
     assert 0.92 <= hits / reps <= 0.98, hits / reps
 
 
@@ -186,3 +186,74 @@ def test_macro_f1_randomization_flags_planted_difference():
     f = stat.features([_rows(y, good), _rows(y, bad), _rows(y, good)])  # shared vocabulary
     assert stats.randomization_test(stat, f[:1], f[1:2]) < 0.05
     assert stats.randomization_test(stat, f[:1], f[2:3]) == 1.0  # identical systems
+
+
+# --------------------------------------------------------------------------- seeds, clusters, Holm, power
+
+
+def _two_source_experiment(rng, n_seeds=3, n=150, seed_sd=0.05):
+    """Per-example difficulty (test-sample noise) plus a per-seed shift of every example's
+    P(correct) (training noise); the population mean over seeds and examples is 0.5."""
+    difficulty = rng.beta(2, 2, size=n)
+    shift = rng.normal(0.0, seed_sd, size=n_seeds)
+    return rng.random((n_seeds, n)) < np.clip(difficulty[None] + shift[:, None], 0, 1)  # (S, n)
+
+
+def test_two_level_interval_covers_when_both_noise_sources_exist():
+    """200 simulated experiments: the two-level interval covers the population mean near 95%, while
+    the old interval over test examples alone (seeds fixed) under-covers."""
+    rng = np.random.default_rng(11)
+    both = only = 0
+    reps = 200
+    for r in range(reps):
+        scores = _two_source_experiment(rng)
+        both += stats.bootstrap_ci(scores, n_boot=1000, seed=r).covers(0.5)
+        only += stats.bootstrap_ci(scores, n_boot=1000, seed=r, seeds=False).covers(0.5)
+    assert 0.90 <= both / reps <= 0.99, both / reps
+    assert only / reps < 0.88, only / reps
+    assert only < both
+
+
+def test_seed_weights_pair_cells_and_average_to_one():
+    w = stats.seed_weights(3, 500, seed=0)
+    assert w.shape == (500, 3) and np.allclose(w.mean(1), 1.0)
+    assert np.array_equal(w, stats.seed_weights(3, 500, seed=0))  # every 3-seed cell gets the same draws
+    assert (stats.seed_weights(1, 10, 0) == 1).all()  # one seed: no seed noise to estimate
+
+
+def test_clusters_move_together():
+    """A question scored over two contexts with identical results is one unit: clustered, its interval
+    is the single-context interval; treated as two independent rows it would be narrower."""
+    rng = np.random.default_rng(3)
+    x = (rng.random((2, 120)) < 0.6).astype(float)  # (S, n) one context
+    stat = stats.mean_of("score")
+    f = np.stack([x, np.ones_like(x)], axis=-1)  # (S, n, 2)
+    twice = np.concatenate([f, f], axis=1)  # (S, 2n, 2): the same questions again
+    clustered, keys = stats.cluster_sum(twice, list(range(120)) * 2)
+    assert clustered.shape == (2, 120, 2) and keys == list(range(120))
+    one = np.percentile(stats.bootstrap(stat, {0: f}, 4000, 1)[0], [2.5, 97.5])
+    grouped = np.percentile(stats.bootstrap(stat, {0: clustered}, 4000, 1)[0], [2.5, 97.5])
+    naive = np.percentile(stats.bootstrap(stat, {0: twice}, 4000, 1)[0], [2.5, 97.5])
+    assert np.allclose(one, grouped)
+    assert np.diff(naive)[0] < 0.8 * np.diff(one)[0]
+
+
+def test_holm_matches_the_step_down_rule():
+    adj = stats.holm([0.01, 0.04, 0.03, np.nan, 0.5])
+    assert np.allclose(adj[[0, 1, 2, 4]], [0.04, 0.09, 0.09, 0.5]) and np.isnan(adj[3])
+    assert (stats.holm([0.2, 0.6]) == [0.4, 0.6]).all()
+
+
+def test_monte_carlo_error_of_ten_thousand_resamples_is_small_beside_alpha():
+    assert stats.N_BOOT >= 10_000 and stats.mc_error(0.05) < 0.0025
+    assert stats.mc_error(0.05, 1000) > 0.006  # the old 1,000: p = 0.052 was a coin flip
+
+
+def test_units_needed():
+    z = stats.z_power()
+    assert z == pytest.approx(1.95996 + 0.84162, abs=1e-4)
+    # no seed noise: SE shrinks as 1/sqrt(n), so the n whose SE is |d|/z
+    assert stats.units_needed(0.02, 0.02, 0.02, 100) == pytest.approx(100 * z**2, rel=1e-9)
+    # seed noise alone above the target: more examples cannot decide it
+    assert stats.units_needed(0.02, 0.02, 0.005, 100) == float("inf")
+    assert stats.units_needed(0.05, 0.02, 0.015, 100) < stats.units_needed(0.03, 0.02, 0.015, 100)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from ctxbench.bench.results import read_jsonl
-from ctxbench.bench.report.tables import BUCKETS, NOT_SIGNIFICANT, leaderboard, length_bucket, write_leaderboard
+from ctxbench.bench.report.tables import BUCKETS, DOWN, UP, leaderboard, length_bucket, write_leaderboard
 
 ASSETS = Path(__file__).parent / "assets" / "report"
 CLF = ASSETS / "clf"
@@ -79,9 +79,12 @@ def test_planted_effects_are_marked(board):
         assert cells.loc[("tail", budget), "significant"] is False
         assert pd.isna(cells.loc[("head", budget), "p_vs_head"])
     table = next(s.table for s in board.sections if s.kind == "metric")
-    assert all(cell.endswith(NOT_SIGNIFICANT) for cell in table.loc["tail"])
-    assert not any(cell.endswith(NOT_SIGNIFICANT) for cell in table.loc[SLIDING])
-    assert not any(cell.endswith(NOT_SIGNIFICANT) for cell in table.loc["head"])
+    assert all(cell.endswith(UP) for cell in table.loc[SLIDING])
+    assert not any(cell.endswith((UP, DOWN)) for cell in table.loc["tail"])
+    assert not any(cell.endswith((UP, DOWN)) for cell in table.loc["head"])
+    diff = next(s.table for s in board.sections if s.kind == "diff")
+    assert all("n more" in cell for cell in diff.loc["tail"])  # undecided: how many more would decide it
+    assert all(UP in cell and "n more" not in cell for cell in diff.loc[SLIDING])
 
 
 def test_bucket_counts_match_the_sidecars(board):
@@ -142,7 +145,15 @@ def test_write_leaderboard(tmp_path):
     md = (root / "leaderboard.md").read_text()
     assert md.startswith("# Leaderboard: clf") and b.markdown() in md
     csv = pd.read_csv(root / "leaderboard.csv")
-    assert {"metric", "ci_lo", "ci_hi", "p_vs_head", "significant", "docs_per_s"} <= set(csv.columns)
+    assert {"metric", "ci_lo", "ci_hi", "p_vs_head", "p_holm", "significant", "mde", "docs_per_s"} <= set(csv.columns)
+    summary = (root / "SUMMARY.md").read_text()
+    assert summary.startswith("# Summary: clf") and summary.count("\n| ") == 1 + 2 * 3  # header + b × strategy
+    # bold only where significantly ahead of head: sliding (planted) at each budget, never head or tail
+    bold = [line for line in summary.splitlines() if "**" in line and line.startswith("|")]
+    assert len(bold) == 2 and all("sliding" in line and UP in line for line in bold)
+    assert "- b = 32: best is sliding" in summary
+    assert "Strategies: `sliding` = `sliding[max_windows=4,pool=mean]`" in summary
+    assert not (root / "demos.md").exists()
     assert len(pd.read_csv(root / "leaderboard_buckets.csv")) == len(b.buckets)
 
 
@@ -184,3 +195,129 @@ def test_mode_label_separates_precision_and_stitching_from_the_defaults():
         "finetune:full+stitch=longest_entity")
     assert mode_label({**base, "ner": {"stitch": "longest_entity", "empty_words": "drop"}}) == (
         "finetune:full+stitch=longest_entity+empty_words=drop")
+
+
+def _with_ids(tmp_path: Path, ids) -> Path:
+    """The QA-like fixture with an ``id`` per sidecar row (and the runs' sidecar hashes updated)."""
+    from ctxbench.tasks.cache import content_hash
+
+    root = tmp_path / "qa"
+    shutil.copytree(QA, root)
+    runs = read_jsonl(root / "runs.jsonl")
+    for r in runs:
+        path = root / r["predictions_file"]
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        data = "".join(json.dumps({**row, "id": ids(row["i"])}, sort_keys=True) + "\n" for row in rows)
+        path.write_text(data)
+        r["predictions_sha"] = content_hash(data.encode())
+    (root / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    return root
+
+
+def test_rows_sharing_an_id_are_resampled_as_one_unit(tmp_path):
+    """QA scores one question over several contexts: rows with one id are one cluster; pairing rows
+    into clusters of two halves the units and widens the interval."""
+    alone = leaderboard(read_jsonl(QA / "runs.jsonl"), root=QA, n_boot=2000)
+    root = _with_ids(tmp_path, lambda i: f"q{i // 2}")
+    paired = leaderboard(read_jsonl(root / "runs.jsonl"), root=root, n_boot=2000)
+    a, p = alone.cells.set_index("strategy"), paired.cells.set_index("strategy")
+    assert (p["n_units"] == a["n_units"] / 2).all() and (p["n_examples"] == a["n_examples"]).all()
+    assert (p["metric"] == a["metric"]).all()
+    root1 = _with_ids(tmp_path / "one", lambda i: f"q{i}")  # unique ids: the same units as no id
+    same = leaderboard(read_jsonl(root1 / "runs.jsonl"), root=root1, n_boot=2000).cells.set_index("strategy")
+    assert np.allclose(same["ci_lo"], a["ci_lo"]) and np.allclose(same["ci_hi"], a["ci_hi"])
+    assert ((p["ci_hi"] - p["ci_lo"]) != (a["ci_hi"] - a["ci_lo"])).any()
+
+
+def test_small_buckets_are_hidden_and_said_so(board):
+    section = next(s for s in board.sections if s.kind == "buckets")
+    cells = section.table.drop(columns="length").to_numpy().ravel()
+    small = board.buckets[board.buckets["n"] < 30]
+    assert len(small) and sum("hidden" in c for c in cells) == len(small)
+    assert "under 30 test examples are hidden" in section.note
+    from ctxbench.bench.report.tables import bucket_table
+
+    shown = bucket_table(board.buckets, min_n=10).drop(columns="length").to_numpy().ravel()
+    assert any("[" in c and "(n=" in c for c in shown)  # a bucket that is shown carries its interval
+
+
+def test_constant_and_zero_tables_are_dropped(board):
+    kinds = {s.kind for s in board.sections}
+    # the fixture's padding waste is 0 in every run, its coverage differs by strategy
+    assert "padding_waste" not in kinds and "coverage" in kinds
+
+
+def test_demonstration_runs_go_to_their_own_file(tmp_path, monkeypatch):
+    from ctxbench.bench.report import tables
+
+    root = tmp_path / "clf"
+    shutil.copytree(CLF, root)
+    runs = read_jsonl(root / "runs.jsonl")
+    default = {tables.spec_key(r) for r in runs}
+    demo = [{**r, "run_id": r["run_id"] + "x", "spec": {**r["spec"], "precision": "bfloat16"}} for r in runs]
+    (root / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs + demo))
+    monkeypatch.setattr(tables, "default_sweep_specs", lambda task: default)
+    write_leaderboard(root / "runs.jsonl")
+    board_md, demos = (root / "leaderboard.md").read_text(), (root / "demos.md").read_text()
+    assert "probe+bfloat16" in demos and "probe+bfloat16" not in board_md
+    assert "· probe —" in board_md and "· probe —" not in demos
+    assert "probe+bfloat16" not in (root / "SUMMARY.md").read_text()
+
+
+def test_load_runs_is_the_long_frame():
+    from ctxbench.bench.report.tables import load_runs
+
+    df = load_runs(CLF)
+    assert len(df) == sum(r["status"] == "ok" for r in read_jsonl(CLF / "runs.jsonl"))
+    assert {"strategy", "budget", "seed", "metric", "docs_per_s", "m.accuracy"} <= set(df.columns)
+    assert df.equals(load_runs(CLF / "runs.jsonl"))
+
+
+def test_measured_cost_fields_are_preferred():
+    from ctxbench.bench.report.tables import summary_table
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runs = read_jsonl(CLF / "runs.jsonl")
+    for r in runs:
+        r.setdefault("measurements", {})["cost"] = {"latency_b1_p50_ms": 12.5, "cost_peak_mb": 321.0}
+    b = leaderboard(runs, root=CLF, n_boot=500)
+    table, legend, notes = summary_table(b.cells)
+    assert "ms/doc (measured, b=1 p50)" in table and set(table["ms/doc (measured, b=1 p50)"]) == {"12.5"}
+    assert set(table["peak MB (measured)"]) == {"321"} and not notes
+    plain, _, plain_notes = summary_table(board_cells := leaderboard(read_jsonl(CLF / "runs.jsonl"), root=CLF,
+                                                                     n_boot=500).cells)
+    assert "ms/doc (grid estimate)" in plain and len(plain_notes) == 2 and len(board_cells)
+
+
+def test_recommendation_names_the_worse_strategy():
+    from ctxbench.bench.report.tables import recommendation
+
+    cells = pd.DataFrame([
+        {"budget": 128, "strategy": "head", "higher_is_better": True, "p_vs_head": np.nan, "mark": "",
+         "diff_vs_head": np.nan, "diff_lo": np.nan, "diff_hi": np.nan},
+        {"budget": 128, "strategy": "tail", "higher_is_better": True, "p_vs_head": 0.001, "mark": DOWN,
+         "diff_vs_head": -0.064, "diff_lo": -0.088, "diff_hi": -0.040},
+        {"budget": 128, "strategy": "sliding", "higher_is_better": True, "p_vs_head": 0.3, "mark": "",
+         "diff_vs_head": 0.01, "diff_lo": -0.01, "diff_hi": 0.03}])
+    assert recommendation(cells, 128) == ("b = 128: no strategy beats head; tail -0.064 [-0.088, -0.040] is worse; "
+                                          "1 of 2 undecided.")
+
+
+def test_rerun_drops_only_the_sweep_lines_and_names_who_recorded_them(tmp_path):
+    """`ctxbench bench --rerun` forgets the sweep's recorded lines (so they are measured again and
+    replaced) and nothing else; the 'already recorded' note names the machine and the commit."""
+    from ctxbench.bench.cli import _forget, _recorded_by
+    from ctxbench.bench.report.tables import spec_key
+
+    root = tmp_path / "clf"
+    shutil.copytree(CLF, root)
+    runs = read_jsonl(root / "runs.jsonl")
+    heads = {spec_key(r) for r in runs if r["spec"]["strategy"]["label"] == "head"}
+    assert _forget(root / "runs.jsonl", heads) == len([r for r in runs if spec_key(r) in heads]) > 0
+    left = read_jsonl(root / "runs.jsonl")
+    assert len(left) == len(runs) - len([r for r in runs if spec_key(r) in heads])
+    assert all(r["spec"]["strategy"]["label"] != "head" for r in left)
+    note = _recorded_by([{**runs[0], "env": {"device_name": "cpu: X", "hostname": "vm", "git_sha": "abc123def456789",
+                                             "git_dirty": True}}])
+    assert "cpu: X on host vm" in note and "abc123def4 (dirty)" in note

@@ -20,7 +20,9 @@ import pandas as pd
 
 from ctxbench.bench.results import read_jsonl
 from ctxbench.tasks.cache import atomic_write_bytes, atomic_write_text, content_hash
-from ctxbench.bench.report.tables import BUCKETS, REFERENCE, Leaderboard, leaderboard
+from ctxbench.bench.report.tables import (BUCKETS, DOWN, REFERENCE, UP, Leaderboard, SummaryBlock, comparison_frame,
+                                          context_sections, default_runs, leaderboard, read_predictions,
+                                          split_groups, summary_blocks)
 
 # (cells column, axis label) of the cost axes of the Pareto plot, in order
 COSTS = (("real_tokens", "tokens processed (test set)"), ("latency_p50_ms", "latency p50 per document (ms)"),
@@ -41,6 +43,7 @@ figcaption{font-size:.85rem;color:#555} .note{font-size:.85rem;color:#444}
 .badge{display:inline-block;padding:.1rem .5rem;border-radius:.6rem;font-size:.8rem;font-weight:600}
 .silver{background:#e3e3e3;color:#333;border:1px solid #aaa} .gold{background:#fff2c2;color:#6b5200}
 .method{background:#f7f9fc;border-left:3px solid #89a;padding:.5rem 1rem;font-size:.85rem}
+.summary table{font-size:.8rem} .verdict{font-size:.9rem;margin:.2rem 0 1rem} h1{margin-bottom:.3rem}
 """
 
 
@@ -271,36 +274,178 @@ def group_plots(cells: pd.DataFrame, buckets: pd.DataFrame, plot_dir: Path, rel:
     return out
 
 
+def plot_forest(cells: pd.DataFrame, path: Path, main: str) -> bool:
+    """Δ vs head with its 95% interval, one line per (budget, strategy); ▲ / ▼ (Holm) in colour."""
+    c = cells[(cells["strategy"] != REFERENCE) & np.isfinite(cells["diff_vs_head"].to_numpy(float))]
+    if c.empty:
+        return False
+    c = c.sort_values(["budget", "strategy"], ascending=[False, False])
+    fig, (ax,) = _figure(width=7.0, height=0.9 + 0.28 * len(c))
+    y = np.arange(len(c))
+    d = c["diff_vs_head"].to_numpy(float)
+    err = np.vstack([d - c["diff_lo"].to_numpy(float), c["diff_hi"].to_numpy(float) - d])
+    colour = {UP: "tab:green", DOWN: "tab:red"}
+    for j, (_, r) in enumerate(c.iterrows()):
+        ax.errorbar(d[j], y[j], xerr=err[:, j:j + 1], fmt="o", color=colour.get(r["mark"], "grey"), capsize=2)
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"b={r['budget']}  {_short(r['strategy'], 30)}" for _, r in c.iterrows()], fontsize=8)
+    ax.set_xlabel(f"{main} minus {REFERENCE} (95% two-level CI)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_title(f"Δ vs {REFERENCE}: green ▲ / red ▼ Holm-significant, grey undecided", fontsize=10)
+    _save(fig, path)
+    return True
+
+
+def plot_lengths(lengths: Sequence[int], budgets: Sequence[int], path: Path, unit: str = "document") -> bool:
+    """Histogram of test lengths in tokens, the budgets marked: how much of the data each budget cuts."""
+    x = np.asarray(lengths, dtype=float)
+    if not x.size:
+        return False
+    fig, (ax,) = _figure(width=7.0, height=3.2)
+    lo, hi = max(1.0, x.min()), max(x.max(), max(budgets, default=1))
+    bins = np.geomspace(lo, hi * 1.01, 40) if hi / lo >= 10 else 40
+    ax.hist(x, bins=bins, color="tab:blue", alpha=0.7)
+    if hi / lo >= 10:
+        ax.set_xscale("log")
+    for b in budgets:
+        share = float(np.mean(x > b))
+        ax.axvline(b, color="tab:red", ls="--", lw=1)
+        ax.annotate(f"b={b}: {share:.0%} longer", (b, ax.get_ylim()[1] * 0.9), fontsize=7, rotation=90,
+                    ha="right", va="top")
+    ax.set_xlabel(f"{unit} length in tokens")
+    ax.set_ylabel(f"test {unit}s")
+    ax.set_title(f"{len(x):,} test {unit}s; budgets marked", fontsize=10)
+    _save(fig, path)
+    return True
+
+
+def group_lengths(cells: pd.DataFrame, frame: pd.DataFrame, root: Path | None) -> list[int]:
+    """Token lengths of the test units of one group, from one sidecar (every run saw the same units)."""
+    keys = ["task", "dataset", "data_label", "model", "mode", "sample"]
+    first = cells.iloc[0]
+    mine = frame[np.logical_and.reduce([frame[k] == first[k] for k in keys])]
+    for _, run in mine.sort_values(["budget", "strategy"]).iterrows():
+        rows = read_predictions(root, run)
+        if rows and "n_tokens" in rows[0]:
+            return [int(r["n_tokens"]) for r in rows]
+    return []
+
+
+def _bold(text: str) -> str:
+    return html.escape(text).replace("**", "\x00").replace("\x00", "<strong>", 1).replace("\x00", "</strong>", 1)
+
+
+def _summary_html(blocks: Sequence[SummaryBlock], link: str = "") -> list[str]:
+    parts = []
+    for blk in blocks:
+        title = html.escape(blk.title)
+        if link:
+            title = f'<a href="{html.escape(link)}#{html.escape(blk.group_id)}">{title}</a>'
+        parts.append(f"<h3>{title}{_badge(blk.cells['data_label'].iloc[0])}</h3>")
+        parts.append(f'<p class="note">{_bold(blk.intro)}</p>')
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in blk.table.columns)
+        body = "".join("<tr>" + "".join(f"<td>{_bold(str(v))}</td>" for v in row) + "</tr>"
+                       for row in blk.table.itertuples(index=False))
+        parts.append(f'<div class="scroll summary"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+                     "</table></div>")
+        parts.append('<ul class="verdict">' + "".join(f"<li>{html.escape(v)}</li>" for v in blk.verdicts) + "</ul>")
+        if blk.legend:
+            parts.append('<p class="note">Strategies: ' + "; ".join(
+                f"<code>{html.escape(n)}</code> = <code>{html.escape(s)}</code>" for n, s in blk.legend.items())
+                + ".</p>")
+        parts += [f'<p class="note"><em>{html.escape(n)}</em></p>' for n in blk.notes]
+    return parts
+
+
 # --------------------------------------------------------------------------- pages
 
 
-def task_page(task: str, board: Leaderboard, out_dir: Path, source: str) -> str:
-    """The HTML of one task's page; writes its plots under ``out_dir/plots``."""
+def _group_details(board: Leaderboard, gid: str, cells: pd.DataFrame, out_dir: Path) -> list[str]:
+    """One group's leaderboard, its test against head, the plots, then the breakdowns."""
+    title = cells["group"].iloc[0]
+    label = cells["data_label"].iloc[0]
+    parts = [f'<h2 id="{html.escape(gid)}">{html.escape(title)}{_badge(label)}</h2>']
+    if label == "silver":
+        parts.append('<p class="note"><strong>Silver data:</strong> labels come from a model or heuristic, '
+                     "not from people; compare strategies with each other, not with gold-data numbers.</p>")
+    sections = [s for s in board.sections if s.group_id == gid]
+    plotted = False
+    for s in sorted(sections, key=lambda s: s.kind not in ("metric", "diff")):
+        if s.kind not in ("metric", "diff") and not plotted:
+            parts += _figures(group_plots(cells, board.buckets, out_dir / "plots", "plots"))
+            plotted = True
+        parts.append(f"<h3>{html.escape(s.title.split(' — ', 1)[-1])}</h3>")
+        parts.append(_table_html(s.table))
+        if s.note:
+            parts.append(f'<p class="note">{html.escape(s.note)}</p>')
+    if not plotted:
+        parts += _figures(group_plots(cells, board.buckets, out_dir / "plots", "plots"))
+    return parts
+
+
+def task_page(task: str, board: Leaderboard, out_dir: Path, source: str, runs: Sequence[dict] | None = None,
+              root: Path | None = None, n_boot: int | None = None) -> str:
+    """The HTML of one task's page, in the order of SUMMARY.md: the default sweep's summary (tables,
+    verdicts, a forest plot of Δ vs head, the test lengths with the budgets marked), QA per k, the
+    cross-model comparison, then every group's details (the default sweep first, demonstrations
+    after). Writes its plots under ``out_dir/plots``."""
+    from ctxbench.bench.report import stats
+
+    runs = list(runs or [])
     parts = ['<p><a href="../index.html">← all tasks</a></p>', f"<h1>Leaderboard: {html.escape(task)}</h1>",
              (f'<p class="note">Generated by <code>ctxbench report</code> from {html.escape(source)}; '
               "do not edit.</p>")]
     if board.cells.empty:
         parts.append("<p>No successful runs.</p>")
-    for (title, gid), cells in (board.cells.groupby(["group", "group_id"], sort=False)
-                                if not board.cells.empty else []):
-        label = cells["data_label"].iloc[0]
-        plotted = False
-        parts.append(f'<h2 id="{html.escape(gid)}">{html.escape(title)}{_badge(label)}</h2>')
-        if label == "silver":
-            parts.append('<p class="note"><strong>Silver data:</strong> labels come from a model or heuristic, '
-                         "not from people; compare strategies with each other, not with gold-data numbers.</p>")
-        sections = [s for s in board.sections if s.group_id == gid]
-        # the leaderboard and its test against head first, then the plots, then the breakdowns
-        for s in sorted(sections, key=lambda s: s.kind not in ("metric", "diff")):
-            if s.kind not in ("metric", "diff") and not plotted:
-                parts += _figures(group_plots(cells, board.buckets, out_dir / "plots", "plots"))
-                plotted = True
-            parts.append(f"<h3>{html.escape(s.title.split(' — ', 1)[-1])}</h3>")
-            parts.append(_table_html(s.table))
-            if s.note:
-                parts.append(f'<p class="note">{html.escape(s.note)}</p>')
-        if not plotted:
-            parts += _figures(group_plots(cells, board.buckets, out_dir / "plots", "plots"))
+    default, demos = split_groups(board, runs) if runs else (list(dict.fromkeys(board.cells.get("group_id", []))), [])
+    sweep = (default_runs(runs) or runs) if runs else []
+    blocks = summary_blocks(sweep, board) if sweep else []
+    if blocks:
+        parts.append('<h2 id="summary">Summary: the default sweep</h2>')
+        parts += _summary_html(blocks)
+        for blk in blocks:
+            main = blk.cells["main_metric"].iloc[0]
+            figs = []
+            forest = f"{blk.group_id}-forest.png"
+            if plot_forest(blk.cells, out_dir / "plots" / forest, main):
+                figs.append(Plot(f"plots/{forest}", f"{blk.title}: Δ vs {REFERENCE}",
+                                 "Each line: a strategy at a budget, the 95% two-level interval of its difference "
+                                 f"from {REFERENCE}; colour: Holm-adjusted significance."))
+            lengths = group_lengths(blk.cells, board.frame, root)
+            hist = f"{blk.group_id}-lengths.png"
+            unit = "context" if task == "qa" else "document"
+            if plot_lengths(lengths, sorted(blk.cells["budget"].unique()), out_dir / "plots" / hist, unit):
+                figs.append(Plot(f"plots/{hist}", f"{blk.title}: test {unit} lengths",
+                                 "Tokens per test unit (from the predictions sidecar), the budgets marked."))
+            parts += _figures(figs)
+    if task == "qa" and runs:
+        sections, _ = context_sections(runs, root, n_boot or stats.N_BOOT)
+        if sections:
+            parts.append('<h2 id="by-context">QA per context_paragraphs</h2>')
+            for sec in sections:
+                parts.append(f"<h3>{html.escape(sec.title)}</h3>")
+                parts.append(_table_html(sec.table))
+                if sec.note:
+                    parts.append(f'<p class="note">{html.escape(sec.note)}</p>')
+    comp = comparison_frame(runs) if runs else pd.DataFrame()
+    if not comp.empty and comp[["model", "mode"]].drop_duplicates().shape[0] > 1:
+        parts.append('<h2 id="models">Every model and mode side by side</h2>')
+        parts.append('<p class="note">Times as measured in each run (separate processes): compare them only '
+                     "between runs made side by side on one machine.</p>")
+        for dataset, block in comp.groupby("dataset", sort=False):
+            t = block.drop(columns=["sample"]).round(4).set_index("model")
+            parts.append(f"<h3>{html.escape(str(dataset))}</h3>")
+            parts.append(_table_html(t))
+    groups = dict(list(board.cells.groupby("group_id", sort=False))) if not board.cells.empty else {}
+    if default and groups:
+        parts.append('<h2 id="details">Details: the default sweep</h2>' if demos else "")
+    for gid in default:
+        parts += _group_details(board, gid, groups[gid], out_dir)
+    if demos:
+        parts.append('<h2 id="demos">Demonstration runs (outside the default sweep)</h2>')
+        for gid in demos:
+            parts += _group_details(board, gid, groups[gid], out_dir)
     if not board.failed.empty:
         parts.append("<h2>Runs that did not finish</h2>")
         parts.append(_table_html(board.failed.set_index("strategy")))
@@ -311,20 +456,6 @@ def task_page(task: str, board: Leaderboard, out_dir: Path, source: str) -> str:
     return _page(f"ctxbench · {task}", "\n".join(parts))
 
 
-def _summary_rows(task: str, board: Leaderboard) -> list[dict[str, str]]:
-    rows = []
-    if board.cells.empty:
-        return rows
-    for (title, gid), cells in board.cells.groupby(["group", "group_id"], sort=False):
-        hib = bool(cells["higher_is_better"].iloc[0])
-        best = cells.loc[cells["metric"].idxmax() if hib else cells["metric"].idxmin()]
-        rows.append({"task": task, "group": title, "gid": gid, "label": cells["data_label"].iloc[0],
-                     "runs": str(int(cells["n_seeds"].sum())),
-                     "budgets": ", ".join(str(b) for b in sorted(cells["budget"].unique())),
-                     "best": f"{best['strategy']} at b={best['budget']}: {best['main_metric']} {best['metric']:.3f}"})
-    return rows
-
-
 def build_report(results_root: str | Path = "results", out_root: str | Path | None = None, *,
                  n_boot: int | None = None) -> Path:
     """Build the site for every ``<results_root>/<task>/runs.jsonl``; returns the index path."""
@@ -333,37 +464,33 @@ def build_report(results_root: str | Path = "results", out_root: str | Path | No
     results_root = Path(results_root)
     out_root = Path(out_root) if out_root is not None else results_root
     runs_files = sorted(results_root.glob("*/runs.jsonl"))
-    summary: list[dict[str, str]] = []
+    summary: list[str] = []
     failed: dict[str, int] = {}
     method = ""
     for path in runs_files:
         task = path.parent.name
-        board = leaderboard(read_jsonl(path), root=path.parent, n_boot=n_boot or stats.N_BOOT)
+        runs = read_jsonl(path)
+        board = leaderboard(runs, root=path.parent, n_boot=n_boot or stats.N_BOOT)
         method = method or board.method
         out_dir = out_root / task
         data = path.read_bytes()
         lines = data.count(b"\n")
         source = f"{path.name} ({lines} lines, sha256 {content_hash(data)})"
-        page = task_page(task, board, out_dir, source)
+        page = task_page(task, board, out_dir, source, runs, path.parent, n_boot)
         atomic_write_text(out_dir / "report.html", page)
         for stale in sorted((out_dir / "plots").glob("*.png")):  # plots of groups that no longer exist
             if f'src="plots/{stale.name}"' not in page:
                 stale.unlink()
-        summary += _summary_rows(task, board)
+        summary += _summary_html(summary_blocks(default_runs(runs) or runs, board), f"{task}/report.html")
         failed[task] = len(board.failed)
     parts = ["<h1>ctxbench leaderboards</h1>",
              ('<p class="note">Context-length strategies (head, tail, head+tail, sliding, hierarchical) over '
-              "transformer encoders. Built from the runs.jsonl files alone; do not edit.</p>")]
+              "transformer encoders: the default sweep of each task first. Built from the runs.jsonl files alone; "
+              "do not edit.</p>")]
     if not runs_files:
         parts.append(f"<p>No runs.jsonl under {html.escape(str(results_root))}/.</p>")
-    parts.append("<table><thead><tr><th>task</th><th>setting</th><th>runs</th><th>budgets</th>"
-                 "<th>best cell</th></tr></thead><tbody>")
-    for r in summary:
-        link = f'{html.escape(r["task"])}/report.html#{html.escape(r["gid"])}'
-        parts.append(f'<tr><td><a href="{link}">{html.escape(r["task"])}</a></td>'
-                     f'<td style="text-align:left">{html.escape(r["group"])}{_badge(r["label"])}</td>'
-                     f'<td>{r["runs"]}</td><td>{html.escape(r["budgets"])}</td><td>{html.escape(r["best"])}</td></tr>')
-    parts.append("</tbody></table>")
+    parts += summary
+    parts.append("<h2>Every task (details, demonstration runs)</h2>")
     parts.append("<ul>" + "".join(f'<li><a href="{html.escape(t)}/report.html">{html.escape(t)}</a>'
                                   f"{f' ({n} runs did not finish)' if n else ''}</li>"
                                   for t, n in failed.items()) + "</ul>")

@@ -11,10 +11,15 @@ feature vectors: accuracy = Σcorrect / Σ1, macro-F1 = g(Σ per-class tp, Σ go
 * approximate randomisation: a swap mask ``m`` mixes two systems' features,
   ``m @ F_a + (1 - m) @ F_b``, which is again a product.
 
-Several seeds of one configuration are evaluated on the *same* test examples, so a
-bootstrap resample draws example indices once and applies them to every seed; the
-statistic of a resample is the mean of the seeds' statistics (see :data:`METHOD`).
-Comparisons against ``head`` reuse the very same resamples, which pairs them.
+Two sources of noise enter every cell: the test sample and the training seed. Several
+seeds of one configuration are scored on the *same* test examples, so a resample is
+two-level (Davison & Hinkley 1997, §3.8): it draws test units (clusters: a QA question
+scored over several contexts, a document cut into windows) once for every seed, recomputes
+each seed's metric on them, then draws the seeds themselves with replacement and averages
+the drawn seeds (the seed deviation scaled by sqrt(S/(S-1)), the usual small-sample
+correction of a bootstrapped mean, and shrunk to the seed component, see
+:func:`seed_share`). Comparisons against ``head`` reuse the very same unit
+*and* seed draws (seeds paired by position), which pairs them; see :data:`METHOD`.
 
 The simple API (:func:`bootstrap_ci`, :func:`paired_bootstrap`,
 :func:`approximate_randomization`) takes per-example score vectors, shape (n,) or
@@ -23,6 +28,8 @@ sidecar rows (label/pred for macro-F1, ``correct`` for accuracy, a per-example f
 named like the metric, or tp/fp/fn counts).
 """
 from __future__ import annotations
+
+import warnings
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,23 +41,30 @@ import numpy as np
 _NORMAL = NormalDist()
 Rows = Sequence[Mapping[str, Any]]
 
-N_BOOT = 1000
+N_BOOT = 10_000
 ALPHA = 0.05
+POWER = 0.8
 
 METHOD = (
-    "95% CIs are BCa bootstrap intervals over test examples ({n_boot} resamples, seeded). "
-    "All seeds of a cell were scored on the same test examples, so each resample draws example indices once, "
-    "applies them to every seed, recomputes the metric per seed (macro-F1 is recomputed from the resampled "
-    "label/prediction pairs, not averaged) and averages over seeds; the interval is taken over those seed means "
-    "(bias-corrected and accelerated, with a leave-one-example-out jackknife). "
-    "It measures test-sample uncertainty of the seed-averaged score; seed-to-seed spread is the `metric_std` "
-    "column of the CSV. A strategy is compared with `head` at the same budget by a two-sided paired bootstrap "
-    "on the same resamples: the BCa interval of the difference, and p = the smallest alpha whose interval "
-    "excludes 0, so ≈ (p ≥ {alpha}, not significant) marks the cells whose 95% interval of the difference "
-    "contains 0. "
-    "No correction for multiple comparisons."
+    "95% CIs are two-level bootstrap intervals ({n_boot} resamples, seeded, vectorised), carrying both the "
+    "test-sample and the training-seed noise: each resample draws test units with replacement (a unit is a "
+    "cluster: one QA question over all its `context_paragraphs`, one document; rows of a unit move together), "
+    "recomputes every seed's metric on them (macro-F1 from the resampled label/prediction pairs, entity F1 from "
+    "the resampled counts), then draws the seeds with replacement and averages them (the seed deviation "
+    "scaled by sqrt(S/(S-1)), and shrunk to the seed component of the between-seed spread: a random-effects "
+    "split that keeps seed × unit noise, which the first level already carries, from counting twice); "
+    "the interval is BCa (bias-corrected, accelerated by a leave-one-unit-out "
+    "jackknife). With 2–3 seeds the seed part rests on few values: read the intervals as approximate. "
+    "A strategy is compared with `head` at the same budget by the same scheme on the same draws (paired by "
+    "test unit and by seed position: in QA a seed's model is shared by its strategies; in NER and clf each "
+    "strategy trains its own, and the paired draw is still valid); p inverts the BCa interval of the "
+    "difference. p-values are Holm-adjusted over the strategy-vs-`head` family of each table; ▲ / ▼ mark "
+    "adjusted p < {alpha} (better / worse than `head`). Monte Carlo error of a p near {alpha}: ±{mc:.4f}. "
+    "MDE: the smallest difference from `head` this test set and these seeds detect with {power:.0%} power "
+    "at {alpha} (two-sided, unadjusted), (z_0.975 + z_0.8) × the median bootstrap SE of the table's "
+    "differences; `n more`: about how many more test units (at the same seeds) would make an undecided "
+    "difference of the observed size significant, or `seeds` where the seed noise alone is too large."
 )
-
 
 # --------------------------------------------------------------------------- statistics
 
@@ -204,17 +218,50 @@ def seed_mean_point(stat: Statistic, features: np.ndarray) -> float:
 Cell = np.ndarray | tuple[np.ndarray, np.ndarray]
 
 
-def bootstrap(stat: Statistic, cells: Mapping[Hashable, Cell], n_boot: int = N_BOOT,
-              seed: int = 0) -> dict[Hashable, np.ndarray]:
-    """Seed-mean bootstrap distributions, (n_boot,) per cell, under *shared* resamples.
+def seed_weights(n_seeds: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, S) seed weights of the outer level, the same for every cell with S seeds (so
+    cells are paired by seed position): 1 + sqrt(S/(S-1)) * (multiplicity - 1), whose mean
+    over seeds reweights the drawn seeds with the small-sample variance correction of a
+    bootstrapped mean. One seed: all ones (no seed noise can be estimated from one)."""
+    if n_seeds <= 1:
+        return np.ones((n_boot, max(n_seeds, 1)))
+    rng = np.random.default_rng([seed, 7919, n_seeds])
+    counts = resample_counts(n_seeds, n_boot, rng)  # (B, S), rows sum to S
+    return 1.0 + np.sqrt(n_seeds / (n_seeds - 1)) * (counts - 1.0)
 
-    Every cell is an array (seeds, n, k) over the same n examples in the same order, or
-    ``(features (seeds, m, k), idx (m,))`` for a subset of them (a length bucket: only
-    its examples are multiplied, so a breakdown costs one full pass, not one per bucket).
-    Sharing the resamples pairs the cells, so differences of two distributions are a
-    paired bootstrap of the difference. Cells over the same examples are stacked into
-    one matrix product per chunk of resamples.
+
+def cluster_sum(features: np.ndarray, clusters: Sequence[Hashable] | np.ndarray) -> tuple[np.ndarray, list]:
+    """Sum a cell's features (S, n, k) within each cluster -> (S, c, k), and the cluster keys in order.
+
+    Why it suffices: every statistic here is a function of feature *sums*, so resampling
+    clusters of rows is resampling the clusters' summed features."""
+    keys = list(dict.fromkeys(clusters))
+    index = {c: j for j, c in enumerate(keys)}
+    pos = np.array([index[c] for c in clusters], dtype=np.int64)
+    out = np.zeros((features.shape[0], len(keys), features.shape[2]))
+    np.add.at(out, (slice(None), pos), features)  # (S, n, k) -> (S, c, k)
+    return out, keys
+
+
+def bootstrap(stat: Statistic, cells: Mapping[Hashable, Cell], n_boot: int = N_BOOT,
+              seed: int = 0, seeds: bool = True) -> dict[Hashable, np.ndarray]:
+    """Bootstrap distributions of the seed-mean statistic, (n_boot,) per cell, under *shared* resamples.
+
+    Every cell is an array (seeds, n, k) over the same n units (examples or clusters, see
+    :func:`cluster_sum`) in the same order, or ``(features (seeds, m, k), idx (m,))`` for a
+    subset of them (a length bucket: only its units are multiplied, so a breakdown costs one
+    full pass, not one per bucket). The inner level draws units, shared by every seed and
+    cell; the outer level (``seeds=True``) draws seeds (:func:`seed_weights`), shared by every
+    cell with as many seeds. ``seeds=False`` gives the test-sample-only distribution (the
+    seed mean on resampled units). Sharing the draws pairs the cells: differences of two
+    distributions are a paired bootstrap of the difference.
     """
+    return {key: d[0] if seeds else d[1] for key, d in bootstrap_both(stat, cells, n_boot, seed).items()}
+
+
+def bootstrap_both(stat: Statistic, cells: Mapping[Hashable, Cell], n_boot: int = N_BOOT,
+                   seed: int = 0) -> dict[Hashable, tuple[np.ndarray, np.ndarray]]:
+    """(two-level, units-only) distributions per cell from one pass (see :func:`bootstrap`)."""
     if not cells:
         return {}
     full = {f.shape[1] for f in cells.values() if not isinstance(f, tuple)}
@@ -222,7 +269,7 @@ def bootstrap(stat: Statistic, cells: Mapping[Hashable, Cell], n_boot: int = N_B
         raise ValueError(f"cells disagree on the number of examples: {sorted(full)}")
     n = full.pop() if full else 1 + max((int(c[1].max()) for c in cells.values() if len(c[1])), default=-1)
     if n == 0:
-        return {key: np.full(n_boot, np.nan) for key in cells}
+        return {key: (np.full(n_boot, np.nan), np.full(n_boot, np.nan)) for key in cells}
     # stack cells that share their examples: (m, sum of S*k) and where each cell's columns are
     stacks: dict[bytes | None, tuple[np.ndarray | None, list[tuple[Hashable, int, int, int]], list[np.ndarray]]] = {}
     for key, cell in cells.items():
@@ -234,7 +281,7 @@ def bootstrap(stat: Statistic, cells: Mapping[Hashable, Cell], n_boot: int = N_B
         blocks.append(f.transpose(1, 0, 2).reshape(m, s_ * k))  # (S, m, k) -> (m, S*k)
         layout.append((key, start, s_, k))
     mats = {tag: (sel, layout, np.concatenate(blocks, axis=1)) for tag, (sel, layout, blocks) in stacks.items()}
-    out: dict[Hashable, list[np.ndarray]] = {key: [] for key in cells}
+    per_seed: dict[Hashable, list[np.ndarray]] = {key: [] for key in cells}
     rng = np.random.default_rng(seed)
     for size in _chunks(n, n_boot):
         w = resample_counts(n, size, rng)  # (b, n)
@@ -242,12 +289,84 @@ def bootstrap(stat: Statistic, cells: Mapping[Hashable, Cell], n_boot: int = N_B
             sums = (w if sel is None else w[:, sel]) @ mat  # (b, m) @ (m, sum S*k) -> (b, sum S*k)
             for key, start, s_, k in layout:
                 t = sums[:, start:start + s_ * k].reshape(size, s_, k)  # (b, S, k)
-                out[key].append(np.mean(stat.finish(t), axis=1))  # (b, S) -> (b,)
-    return {key: np.concatenate(parts) for key, parts in out.items()}
+                per_seed[key].append(stat.finish(t))  # (b, S)
+    out = {}
+    weights: dict[int, np.ndarray] = {}
+    for key, parts in per_seed.items():
+        m = np.concatenate(parts)  # (B, S)
+        s_ = m.shape[1]
+        if s_ not in weights:
+            weights[s_] = seed_weights(s_, n_boot, seed)
+        base = np.mean(m, axis=1)  # (B,) units only: the seed mean on resampled units
+        dev = np.mean(weights[s_] * m, axis=1) - base  # (B,) the outer level's seed deviation
+        out[key] = (base + seed_share(m) * dev, base)  # (B,) two-level, units only
+    return out
+
+
+def seed_share(m: np.ndarray) -> float:
+    """How much of the between-seed spread is seed noise proper, as a factor on the outer deviation.
+
+    Why: seeds scored on the same units differ by a seed effect *and* by seed × unit noise (a
+    model getting one example right by luck); the inner level already carries the latter, so
+    drawing seeds as they are counts it twice and over-covers. The random-effects split (one-way
+    ANOVA on the resampled per-seed metrics m (B, S)): per-seed resampling variance minus that of
+    their mean is (1 - 1/S) × the interaction variance; what the between-seed variance holds beyond
+    it is the seed component. Returns sqrt(seed component / between-seed variance), 0 with no spread."""
+    s_ = m.shape[1]
+    if s_ <= 1:
+        return 0.0
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column (metric undefined everywhere)
+        v_single = float(np.nanmean(np.nanvar(m, axis=0, ddof=1)))
+        v_mean = float(np.nanvar(np.nanmean(m, axis=1), ddof=1))
+        between = float(np.nanvar(np.nanmean(m, axis=0), ddof=1))
+    if not (np.isfinite(v_single) and np.isfinite(v_mean) and np.isfinite(between)) or between <= 0:
+        return 0.0
+    interaction = max(v_single - v_mean, 0.0) * s_ / (s_ - 1)
+    return float(np.sqrt(max(0.0, 1.0 - interaction / between)))
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment (controls the family-wise error); NaN stays NaN."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if not ok.size:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    adjusted = np.maximum.accumulate([(m - j) * p[i] for j, i in enumerate(order)])
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def mc_error(p: float = ALPHA, n_boot: int = N_BOOT) -> float:
+    """Monte Carlo standard error of a resampled p-value (or tail share) near ``p``."""
+    return float(np.sqrt(p * (1 - p) / n_boot))
+
+
+def z_power(alpha: float = ALPHA, power: float = POWER) -> float:
+    return _NORMAL.inv_cdf(1 - alpha / 2) + _NORMAL.inv_cdf(power)
+
+
+def units_needed(diff: float, se_total: float, se_units: float, n_units: int, alpha: float = ALPHA,
+                 power: float = POWER) -> float:
+    """About how many test units in all a difference of ``diff`` needs to be detected at ``power``.
+
+    Only the test-sample part of the variance shrinks with more units (as 1/n); the seed part
+    does not, so where it alone exceeds the target variance the answer is inf (more seeds
+    are needed, not more examples)."""
+    if not (np.isfinite(diff) and np.isfinite(se_total) and np.isfinite(se_units)) or diff == 0:
+        return float("inf")
+    target = (abs(diff) / z_power(alpha, power)) ** 2
+    seed_var = max(se_total**2 - se_units**2, 0.0)
+    if target <= seed_var or se_units == 0:
+        return float("inf")
+    return float(n_units * se_units**2 / (target - seed_var))
 
 
 def jackknife(stat: Statistic, features: np.ndarray) -> np.ndarray:
-    """Leave-one-example-out seed-mean statistic, (n,); feeds the BCa acceleration.
+    """Leave-one-unit-out seed-mean statistic, (n,); feeds the BCa acceleration.
     Cheap here: leaving example i out is subtracting its features from the sums."""
     total = features.sum(1)  # (S, k)
     return np.mean(stat.finish(total[:, None, :] - features), axis=0)  # (S, n, k) -> (S, n) -> (n,)
@@ -390,11 +509,12 @@ def _score_features(scores: np.ndarray | Sequence[float]) -> np.ndarray:
 
 
 def bootstrap_ci(scores: np.ndarray | Sequence[float], n_boot: int = N_BOOT, alpha: float = ALPHA,
-                 seed: int = 0) -> Interval:
-    """Mean of a per-example score vector, (n,) or (seeds, n), with its BCa CI."""
+                 seed: int = 0, seeds: bool = True) -> Interval:
+    """Mean of a per-example score vector, (n,) or (seeds, n), with its BCa CI (two-level
+    over seeds and examples; ``seeds=False``: over examples only, the old interval)."""
     stat = scores_statistic()
     f = _score_features(scores)
-    dist = bootstrap(stat, {0: f}, n_boot, seed)[0]
+    dist = bootstrap(stat, {0: f}, n_boot, seed, seeds=seeds)[0]
     return bca_interval(seed_mean_point(stat, f), dist, jackknife(stat, f), alpha)
 
 
@@ -414,7 +534,8 @@ def approximate_randomization(a: np.ndarray | Sequence[float], b: np.ndarray | S
     return randomization_test(scores_statistic(), _score_features(a), _score_features(b), n_perm, seed)
 
 
-__all__ = ["ALPHA", "METHOD", "N_BOOT", "Comparison", "Interval", "Statistic", "approximate_randomization",
-           "bca_interval", "bca_p_value", "bootstrap", "bootstrap_ci", "compare", "jackknife", "macro_f1", "mean_of",
-           "micro_f1", "paired_bootstrap", "percentile_interval", "randomization_test", "register_statistic",
-           "resample_counts", "seed_mean_point", "statistic_for"]
+__all__ = ["ALPHA", "METHOD", "N_BOOT", "POWER", "Comparison", "Interval", "Statistic", "approximate_randomization",
+           "bca_interval", "bca_p_value", "bootstrap", "bootstrap_both", "bootstrap_ci", "cluster_sum", "compare",
+           "holm", "jackknife", "macro_f1", "mc_error", "mean_of", "micro_f1", "paired_bootstrap",
+           "percentile_interval", "randomization_test", "register_statistic", "resample_counts", "seed_mean_point",
+           "seed_share", "seed_weights", "statistic_for", "units_needed", "z_power"]

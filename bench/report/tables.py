@@ -53,13 +53,20 @@ COLUMNS = {
 }
 # Measurements the report plots besides COLUMNS (cost axes of the Pareto plots).
 EXTRA_MEASURES = ("real_tokens", "latency_p50_ms", "latency_p95_ms")
-MEASURES = tuple(k for k in COLUMNS if k != "metric") + EXTRA_MEASURES
+# Measured per-cell cost (each strategy timed alone, warm-up then median): column -> the measurement-key
+# suffix that names it (a run may nest it, e.g. ``cost.latency_b1_p50_ms``). Preferred over the grid's
+# single-pass (token-share) figures wherever a run carries them.
+COST_FIELDS = {"cost_latency_ms": "latency_b1_p50_ms", "cost_docs_per_s": "cost_docs_per_s",
+               "cost_peak_mb": "cost_peak_mb"}
+MEASURES = tuple(k for k in COLUMNS if k != "metric") + EXTRA_MEASURES + tuple(COST_FIELDS)
+# Buckets with fewer test examples are hidden (and the table says so): too few to read.
+MIN_BUCKET = 30
+UP, DOWN = "▲", "▼"
 
 # Mirrors tasks.base.LENGTH_BUCKETS (a test checks it): importing tasks would load torch.
 BUCKETS = ("<=b", "b-2b", "2b-4b", ">4b")
 REFERENCE = "head"
 GROUP_KEYS = ["task", "dataset", "data_label", "model", "mode", "sample"]
-NOT_SIGNIFICANT = "≈"
 
 
 def length_bucket(n: int, budget: int) -> str:
@@ -108,6 +115,7 @@ def long_frame(runs: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "metric": m[r["main_metric"]],
             **{f"m.{k}": v for k, v in m.items() if isinstance(v, (int, float))},
             **{k: meas.get(k) for k in MEASURES},
+            **_cost_fields(meas),
             "data_label": r.get("data_label") or "",
             "sample": sample_key(r),
             "run_id": r.get("run_id", ""),
@@ -116,6 +124,27 @@ def long_frame(runs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         }
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _cost_fields(meas: dict[str, Any]) -> dict[str, Any]:
+    """The measured cost fields a run carries (any nesting), under COST_FIELDS' column names."""
+    flat = _flat(meas)
+    out: dict[str, Any] = {}
+    for column, suffix in COST_FIELDS.items():
+        hits = [v for k, v in flat.items() if k.endswith(suffix) and isinstance(v, (int, float))]
+        if hits:
+            out[column] = float(hits[0])
+    return out
 
 
 def failed_frame(runs: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -156,16 +185,32 @@ class _BudgetStats:
     """Bootstrap results of every strategy at one budget of one group."""
 
     n_examples: int = 0
-    ci: dict[str, stats.Interval] = field(default_factory=dict)
+    n_units: int = 0  # resampled units (clusters of rows: a QA question over its contexts)
+    ci: dict[str, stats.Interval] = field(default_factory=dict)  # two-level (seeds and test units)
+    ci_units: dict[str, stats.Interval] = field(default_factory=dict)  # test units only (the old interval)
     vs_ref: dict[str, stats.Comparison] = field(default_factory=dict)
+    se: dict[str, tuple[float, float]] = field(default_factory=dict)  # difference's SE: (two-level, units only)
     buckets: dict[tuple[str, str], tuple[int, stats.Interval]] = field(default_factory=dict)
 
 
+def cluster_key(row: dict[str, Any]) -> Any:
+    """The resampling unit of a sidecar row: rows that share it move together. QA scores one
+    question over several ``context_paragraphs`` (same ``id``); a row may name its ``cluster``."""
+    for k in ("cluster", "id"):
+        if row.get(k) is not None:
+            return row[k]
+    return ("i", row["i"])
+
+
 def _budget_stats(task: str, main: str, sub: pd.DataFrame, root: str | Path | None, n_boot: int, seed: int,
-                  alpha: float, notes: list[str]) -> _BudgetStats:
-    """CIs, tests against head and buckets for all strategies at one budget, on shared resamples."""
+                  alpha: float, notes: list[str], where: dict[str, Any] | None = None) -> _BudgetStats:
+    """CIs, tests against head and buckets for all strategies at one budget, on shared resamples
+    (``where``: only the sidecar rows with these field values, e.g. one QA ``k``)."""
     out = _BudgetStats()
     preds = {rid: read_predictions(root, run) for rid, run in sub.set_index("run_id", drop=False).iterrows()}
+    if where:
+        preds = {rid: None if rows is None else [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+                 for rid, rows in preds.items()}
     first = next((rows[0] for rows in preds.values() if rows), None)
     if first is None:
         return out
@@ -200,33 +245,42 @@ def _budget_stats(task: str, main: str, sub: pd.DataFrame, root: str | Path | No
                      f"statistics use the {len(order)} they share")
     aligned = {rid: {r["i"]: r for r in preds[rid]} for rid in all_ids}
     features = stat.features([[aligned[rid][i] for i in order] for rid in all_ids])  # (R, n, k)
-    offsets = np.cumsum([0] + [len(ids) for ids in usable.values()])
-    cells = {(s, None): features[offsets[j]:offsets[j + 1]] for j, s in enumerate(usable)}  # (S, n, k) each
     rows0 = [aligned[all_ids[0]][i] for i in order]
+    clusters = [cluster_key(r) for r in rows0]
+    units, unit_keys = stats.cluster_sum(features, clusters)  # (R, c, k): rows of one unit summed
+    unit_index = {u: j for j, u in enumerate(unit_keys)}
+    offsets = np.cumsum([0] + [len(ids) for ids in usable.values()])
+    span = {s: slice(offsets[j], offsets[j + 1]) for j, s in enumerate(usable)}
+    subsets: dict[tuple[str, str | None], Any] = {(s, None): units[span[s]] for s in usable}  # (S, c, k) each
     budget = int(sub["budget"].iloc[0])
     labels = [r.get("bucket") or (length_bucket(int(r["n_tokens"]), budget) if "n_tokens" in r else None)
               for r in rows0]
     members = {b: np.flatnonzero([x == b for x in labels]) for b in _bucket_order(labels)}
-    subsets: dict[tuple[str, str | None], Any] = dict(cells)
-    for s in usable:
-        for b, idx in members.items():
-            subsets[(s, b)] = (cells[(s, None)][:, idx], idx)  # (S, m, k), (m,)
-    dists = stats.bootstrap(stat, subsets, n_boot, seed)
+    for b, rows_b in members.items():
+        fb, keys_b = stats.cluster_sum(features[:, rows_b], [clusters[i] for i in rows_b])  # (R, c_b, k)
+        idx = np.array([unit_index[u] for u in keys_b], dtype=np.int64)
+        for s in usable:
+            subsets[(s, b)] = (fb[span[s]], idx)  # (S, c_b, k), (c_b,)
+    dists = stats.bootstrap_both(stat, subsets, n_boot, seed)
     feats = {key: c[0] if isinstance(c, tuple) else c for key, c in subsets.items()}
     points = {key: stats.seed_mean_point(stat, f) for key, f in feats.items()}
     jacks = {key: stats.jackknife(stat, f) for key, f in feats.items()}
-    out.n_examples = len(order)
+    out.n_examples, out.n_units = len(order), len(unit_keys)
     for s in usable:
-        out.ci[s] = stats.bca_interval(points[(s, None)], dists[(s, None)], jacks[(s, None)], alpha)
-        for b, idx in members.items():
-            iv = stats.bca_interval(points[(s, b)], dists[(s, b)], jacks[(s, b)], alpha)
-            out.buckets[(s, b)] = (len(idx), iv)
+        key = (s, None)
+        out.ci[s] = stats.bca_interval(points[key], dists[key][0], jacks[key], alpha)
+        out.ci_units[s] = stats.bca_interval(points[key], dists[key][1], jacks[key], alpha)
+        for b, rows_b in members.items():
+            iv = stats.bca_interval(points[(s, b)], dists[(s, b)][0], jacks[(s, b)], alpha)
+            out.buckets[(s, b)] = (len(rows_b), iv)
     if REFERENCE in usable:
+        ref = (REFERENCE, None)
         for s in usable:
             if s != REFERENCE:
-                key, ref = (s, None), (REFERENCE, None)
-                out.vs_ref[s] = stats.compare(points[key] - points[ref], dists[key] - dists[ref],
-                                              jacks[key] - jacks[ref], alpha)
+                key = (s, None)
+                both, only = dists[key][0] - dists[ref][0], dists[key][1] - dists[ref][1]
+                out.vs_ref[s] = stats.compare(points[key] - points[ref], both, jacks[key] - jacks[ref], alpha)
+                out.se[s] = (float(np.nanstd(both)), float(np.nanstd(only)))
     return out
 
 
@@ -268,7 +322,8 @@ def group_title(keys: dict[str, Any], show_sample: bool) -> str:
 
 
 def cell_frames(df: pd.DataFrame, root: str | Path | None, n_boot: int = stats.N_BOOT, seed: int = 0,
-                alpha: float = stats.ALPHA) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+                alpha: float = stats.ALPHA, where: dict[str, Any] | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Runs -> one row per (group, strategy, budget) and one per (…, length bucket)."""
     cells, buckets, notes = [], [], []
     if df.empty:
@@ -282,18 +337,22 @@ def cell_frames(df: pd.DataFrame, root: str | Path | None, n_boot: int = stats.N
         common = {**kd, "group": title, "group_id": _slug(title), "main_metric": main,
                   "higher_is_better": bool(group["higher_is_better"].iloc[0])}
         for budget, sub in group.groupby("budget", sort=True):
-            bs = _budget_stats(kd["task"], main, sub, root, n_boot, seed, alpha, notes)
+            bs = _budget_stats(kd["task"], main, sub, root, n_boot, seed, alpha, notes, where)
             for strategy in _strategy_order(sub["strategy"]):
                 runs = sub[sub["strategy"] == strategy].sort_values("seed")
                 ci, cmp = bs.ci.get(strategy), bs.vs_ref.get(strategy)
+                ciu = bs.ci_units.get(strategy)
+                se_both, se_units = bs.se.get(strategy, (np.nan, np.nan))
                 row = {**common, "budget": int(budget), "strategy": strategy, "n_seeds": len(runs),
                        "seeds": ",".join(str(s) for s in runs["seed"]),
-                       "n_examples": bs.n_examples if ci else np.nan,
+                       "n_examples": bs.n_examples if ci else np.nan, "n_units": bs.n_units if ci else np.nan,
                        "metric": runs["metric"].mean(), "metric_std": runs["metric"].std(ddof=1),
                        "ci_lo": ci.lo if ci else np.nan, "ci_hi": ci.hi if ci else np.nan,
+                       "ci_units_lo": ciu.lo if ciu else np.nan, "ci_units_hi": ciu.hi if ciu else np.nan,
                        "diff_vs_head": cmp.diff if cmp else np.nan, "diff_lo": cmp.lo if cmp else np.nan,
                        "diff_hi": cmp.hi if cmp else np.nan, "p_vs_head": cmp.p if cmp else np.nan,
-                       "significant": cmp.significant(alpha) if cmp else None}
+                       "se_diff": se_both, "se_diff_units": se_units,
+                       "p_holm": np.nan, "significant": None}
                 for k in MEASURES:
                     values = pd.to_numeric(runs[k], errors="coerce")
                     row[k] = values.mean()
@@ -310,7 +369,41 @@ def cell_frames(df: pd.DataFrame, root: str | Path | None, n_boot: int = stats.N
                         buckets.append({**common, "budget": int(budget), "strategy": strategy, "bucket": b,
                                         "n": n, "metric": value, "ci_lo": np.nan, "ci_hi": np.nan,
                                         "source": "record"})
-    return pd.DataFrame(cells), pd.DataFrame(buckets), notes
+    cells_df = pd.DataFrame(cells)
+    if not cells_df.empty:
+        cells_df = _adjust(cells_df, alpha)
+    return cells_df, pd.DataFrame(buckets), notes
+
+
+def _adjust(cells: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Holm over each table's strategy-vs-head family (one group, every budget), the direction
+    mark, the table's minimum detectable difference and, per undecided cell, the test units
+    that would decide it."""
+    cells = cells.copy()
+    cells["p_holm"] = np.nan
+    cells["mark"] = ""
+    cells["mde"] = np.nan
+    cells["more_units"] = np.nan
+    z = stats.z_power(alpha)
+    for _, g in cells.groupby("group_id", sort=False):
+        tested = g.index[g["p_vs_head"].notna()]
+        if not len(tested):
+            continue
+        adj = stats.holm(g.loc[tested, "p_vs_head"].to_numpy(float))
+        cells.loc[tested, "p_holm"] = adj
+        cells.loc[tested, "significant"] = adj < alpha
+        sign = np.where(g["higher_is_better"].iloc[0], 1, -1)
+        better = sign * g.loc[tested, "diff_vs_head"].to_numpy(float) > 0
+        cells.loc[tested, "mark"] = np.where(adj < alpha, np.where(better, UP, DOWN), "")
+        cells.loc[g.index, "mde"] = z * float(np.nanmedian(g.loc[tested, "se_diff"]))
+        for i in tested:
+            r = cells.loc[i]
+            if r["p_holm"] >= alpha:
+                need = stats.units_needed(r["diff_vs_head"], r["se_diff"], r["se_diff_units"], int(r["n_units"]),
+                                          alpha)
+                cells.loc[i, "more_units"] = need - r["n_units"] if np.isfinite(need) else np.inf
+    cells["significant"] = cells["significant"].astype(object)
+    return cells
 
 
 # --------------------------------------------------------------------------- pivots and sections
@@ -357,27 +450,48 @@ def _p(p: float) -> str:
 
 
 def render_metric(row: pd.Series, fmt: str = "{:.3f}") -> str:
-    """mean [lo, hi] with ≈ when not significantly different from head; mean ± std without CI."""
+    """mean [lo, hi] with ▲ / ▼ where Holm-significantly better / worse than head; mean ± std without CI."""
     if not np.isfinite(row["ci_lo"]):
         if row["n_seeds"] > 1 and np.isfinite(row["metric_std"]):
             return f"{_num(row['metric'], fmt)} ± {_num(row['metric_std'], fmt)}"
         return _num(row["metric"], fmt)
-    mark = f" {NOT_SIGNIFICANT}" if row["significant"] is False else ""
+    mark = f" {row['mark']}" if row.get("mark") else ""
     return f"{_num(row['metric'], fmt)} [{_num(row['ci_lo'], fmt)}, {_num(row['ci_hi'], fmt)}]{mark}"
 
 
 def render_diff(row: pd.Series, fmt: str = "{:.3f}") -> str:
+    """Δ [lo, hi], the mark, the Holm-adjusted p; for an undecided one the test units that would decide it."""
     if not np.isfinite(row["p_vs_head"]):
         return "–"
-    return (f"{_num(row['diff_vs_head'], fmt, True)} [{_num(row['diff_lo'], fmt, True)}, "
-            f"{_num(row['diff_hi'], fmt, True)}] {_p(row['p_vs_head'])}")
+    mark = f" {row['mark']}" if row.get("mark") else ""
+    text = (f"{_num(row['diff_vs_head'], fmt, True)} [{_num(row['diff_lo'], fmt, True)}, "
+            f"{_num(row['diff_hi'], fmt, True)}]{mark} {_p(row['p_holm'])}")
+    more = row.get("more_units", np.nan)
+    if not row.get("mark") and more == more:
+        text += "; n more: seeds" if not np.isfinite(more) else f"; n more ≈ {_count(more)}"
+    return text
 
 
-def bucket_table(buckets: pd.DataFrame, fmt: str = "{:.3f}") -> pd.DataFrame:
-    """(strategy, length bucket) × budget; each cell the metric and how many test documents fall there."""
+def _count(x: float) -> str:
+    """A rough count, two significant digits."""
+    x = max(float(x), 1.0)
+    digits = max(0, int(np.floor(np.log10(x))) - 1)
+    return f"{int(round(x, -digits)):,}"
+
+
+def bucket_table(buckets: pd.DataFrame, fmt: str = "{:.3f}", min_n: int = MIN_BUCKET) -> pd.DataFrame:
+    """(strategy, length bucket) × budget; each cell the metric [95% CI] and how many test examples fall
+    there. A bucket under ``min_n`` examples shows only its count."""
     if buckets.empty:
         return pd.DataFrame()
-    b = buckets.assign(_s=[f"{_num(m, fmt)} (n={n:.0f})" for m, n in zip(buckets["metric"], buckets["n"])],
+
+    def text(r: pd.Series) -> str:
+        if r["n"] < min_n:
+            return f"(n={r['n']:.0f}, hidden)"
+        ci = f" [{_num(r['ci_lo'], fmt)}, {_num(r['ci_hi'], fmt)}]" if np.isfinite(r["ci_lo"]) else ""
+        return f"{_num(r['metric'], fmt)}{ci} (n={r['n']:.0f})"
+
+    b = buckets.assign(_s=buckets.apply(text, axis=1),
                        _o=[BUCKETS.index(x) if x in BUCKETS else len(BUCKETS) for x in buckets["bucket"]])
     order = {s: k for k, s in enumerate(_strategy_order(b["strategy"]))}
     b = b.assign(_r=b["strategy"].map(order))
@@ -420,9 +534,14 @@ class Leaderboard:
     notes: list[str] = field(default_factory=list)
     method: str = ""
 
-    def markdown(self) -> str:
+    def markdown(self, groups: Iterable[str] | None = None) -> str:
+        """The sections (of the given group ids only, in that order; default: all), then the method."""
         out = []
-        for s in self.sections:
+        sections = self.sections
+        if groups is not None:
+            order = {g: k for k, g in enumerate(groups)}
+            sections = sorted((s for s in sections if s.group_id in order), key=lambda s: order[s.group_id])
+        for s in sections:
             out.append(f"### {s.title}\n")
             out.append(tabulate(s.table, headers="keys", tablefmt="github", stralign="right") + "\n")
             if s.note:
@@ -442,33 +561,40 @@ class Leaderboard:
 
 
 def leaderboard(runs: Iterable[dict[str, Any]], root: str | Path | None = None, *, n_boot: int = stats.N_BOOT,
-                seed: int = 0, alpha: float = stats.ALPHA) -> Leaderboard:
+                seed: int = 0, alpha: float = stats.ALPHA, where: dict[str, Any] | None = None,
+                metric_prefix: str = "") -> Leaderboard:
     """The leaderboard of a list of run records; ``root`` is the folder their
     ``predictions_file`` paths are relative to (the runs.jsonl folder). Pure: same
     records and sidecars, same tables (the bootstrap is seeded)."""
     runs = list(runs)
     df = long_frame(runs)
     failed = failed_frame(runs)
+    if metric_prefix and not df.empty:  # a slice of the examples (one QA k): its recorded metric is m.<prefix><main>
+        cols = [f"m.{metric_prefix}{m}" for m in df["main_metric"]]
+        df = df.assign(metric=[df.at[i, c] if c in df else np.nan for i, c in zip(df.index, cols)])
+        df = df[df["metric"].notna()]
     if df.empty:
         return Leaderboard(df, [], failed=failed)
-    cells, buckets, notes = cell_frames(df, root, n_boot, seed, alpha)
-    method = stats.METHOD.format(n_boot=n_boot, alpha=alpha) if cells["ci_lo"].notna().any() else ""
+    cells, buckets, notes = cell_frames(df, root, n_boot, seed, alpha, where)
+    method = method_text(n_boot, alpha) if cells["ci_lo"].notna().any() else ""
     sections: list[Section] = []
     for (title, gid), group in cells.groupby(["group", "group_id"], sort=False):
         main = group["main_metric"].iloc[0]
-        fmt = COLUMNS["metric"][1]
+        fmt = metric_format(group["metric"])
         seeds = group["n_seeds"].max()
         seed_text = f"mean over {seeds} seeds" if seeds > 1 else "1 seed"
         has_ci = group["ci_lo"].notna().any()
         if has_ci:
-            note = (f"Cells: {main}, {seed_text}, [95% BCa bootstrap CI over test examples]. "
-                    f"{NOT_SIGNIFICANT}: difference from {REFERENCE} at the same budget not significant at {alpha} "
-                    f"(paired bootstrap).")
+            note = (f"Cells: {main}, {seed_text}, [95% two-level bootstrap CI over seeds and test units]. "
+                    f"{UP} / {DOWN}: better / worse than {REFERENCE} at the same budget, Holm-adjusted p < {alpha} "
+                    f"over this table's {int(group['p_vs_head'].notna().sum())} comparisons. "
+                    + mde_text(group))
             sections.append(Section(f"{title} — {main} ({seed_text}, 95% CI)",
                                     pivot_cells(group, lambda r, f=fmt: render_metric(r, f)), note, gid,
                                     "metric"))
             if group["p_vs_head"].notna().any():
-                sections.append(Section(f"{title} — {main} minus {REFERENCE} (paired bootstrap: Δ [95% CI], p)",
+                sections.append(Section(f"{title} — {main} minus {REFERENCE} (paired two-level bootstrap: "
+                                        f"Δ [95% CI], Holm-adjusted p)",
                                         pivot_cells(group[group["strategy"] != REFERENCE],
                                                     lambda r, f=fmt: render_diff(r, f)), "", gid, "diff"))
         else:
@@ -477,20 +603,45 @@ def leaderboard(runs: Iterable[dict[str, Any]], root: str | Path | None = None, 
                                     pivot_cells(group, lambda r, f=fmt: render_metric(r, f)), "", gid, "metric"))
         gb = buckets[buckets["group_id"] == gid] if not buckets.empty else buckets
         if not gb.empty:
+            hidden = int((gb.drop_duplicates(["budget", "bucket"])["n"] < MIN_BUCKET).sum())
+            bnote = (f"Buckets under {MIN_BUCKET} test examples are hidden ({hidden} here): too few to read."
+                     if hidden else "")
             sections.append(Section(f"{title} — {main} by document length in tokens "
-                                    f"(≤b, b–2b, 2b–4b, >4b; {seed_text}; n = test documents)",
-                                    bucket_table(gb, fmt), "", gid, "buckets"))
+                                    f"(≤b, b–2b, 2b–4b, >4b; {seed_text}; [95% CI]; n = test examples)",
+                                    bucket_table(gb, fmt), bnote, gid, "buckets"))
         runs_g = df[df["sample"].eq(group["sample"].iloc[0]) & df["task"].eq(group["task"].iloc[0])
                     & df["dataset"].eq(group["dataset"].iloc[0]) & df["model"].eq(group["model"].iloc[0])
                     & df["mode"].eq(group["mode"].iloc[0]) & df["data_label"].eq(group["data_label"].iloc[0])]
         stat = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
         for column, (heading, cfmt) in COLUMNS.items():
-            if column == "metric" or runs_g[column].isna().all() or not runs_g[column].fillna(0).any():
-                continue  # absent from these runs, or zero for all (e.g. no selection strategy)
+            if column == "metric" or _uninformative(runs_g[column], cfmt):
+                continue  # absent from these runs, zero for all, or one value everywhere
             sections.append(Section(f"{title} — {heading} ({stat})", pivot(runs_g, column, cfmt), "", gid, column))
     for n in notes:
         warnings.warn(n, stacklevel=2)
     return Leaderboard(df, sections, cells, buckets, failed, notes, method)
+
+
+def method_text(n_boot: int = stats.N_BOOT, alpha: float = stats.ALPHA) -> str:
+    return stats.METHOD.format(n_boot=f"{n_boot:,}", alpha=alpha, power=stats.POWER,
+                               mc=stats.mc_error(alpha, n_boot))
+
+
+def mde_text(group: pd.DataFrame) -> str:
+    """The table's minimum detectable difference from head, or nothing when untested."""
+    mde = group["mde"].dropna() if "mde" in group else pd.Series(dtype=float)
+    if mde.empty:
+        return ""
+    units = int(group["n_units"].max())
+    fmt = metric_format(group["metric"])
+    return (f"MDE (80% power, α = {stats.ALPHA}): ±{fmt.format(mde.iloc[0])} "
+            f"with these {units:,} test units and {int(group['n_seeds'].max())} seeds.")
+
+
+def _uninformative(values: pd.Series, fmt: str) -> bool:
+    """All missing, all zero, or one printed value everywhere: a table that says nothing."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    return v.empty or not v.any() or len({fmt.format(x) for x in v}) == 1
 
 
 # ---------------------------------------------------------------- one table across models
@@ -570,47 +721,319 @@ def comparison_markdown(runs: list[dict]) -> str:
     return "\n".join(parts)
 
 
-def context_tables(runs: list[dict[str, Any]]) -> str:
-    """Per-k tables (strategy × budget, mean ± std over seeds): a pure function of the run records."""
+def context_values(runs: list[dict[str, Any]]) -> list[str]:
+    """The ``context_paragraphs`` values (k) QA runs recorded metrics for, in order."""
     df = long_frame([r for r in runs if r.get("task") == "qa"])
-    if df.empty:
+    ks = {c.split("]")[0][4:] for c in df.columns if c.startswith("m.k[") and c.endswith("].f1") and "bucket" not in c}
+    return sorted(ks, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+
+
+def reachable_f1(runs: list[dict[str, Any]], root: str | Path | None, k: str) -> pd.DataFrame:
+    """Per run: F1 on the questions whose answer some window of the strategy reached, at one k (from the
+    sidecars; the reachable set differs by strategy, so this is a description, not a paired test)."""
+    rows = []
+    for r in long_frame([r for r in runs if r.get("task") == "qa"]).to_dict("records"):
+        preds = read_predictions(root, r)
+        if not preds:
+            continue
+        sel = [x for x in preds if str(x.get("k")) == k and x.get("reachable")]
+        if sel:
+            rows.append({"strategy": r["strategy"], "budget": r["budget"], "seed": r["seed"],
+                         "f1_reachable": float(np.mean([x["f1"] for x in sel])), "n_reachable": len(sel)})
+    return pd.DataFrame(rows)
+
+
+def context_sections(runs: list[dict[str, Any]], root: str | Path | None = None,
+                     n_boot: int = stats.N_BOOT) -> tuple[list[Section], str]:
+    """Per-k sections: F1 with its two-level interval and the Holm-adjusted paired test against head on the
+    questions at that k alone (each question one unit), the length buckets, the share of answers
+    reachable, and F1 on the reachable questions; and the method text."""
+    qa = [r for r in runs if r.get("task") == "qa"]
+    out: list[Section] = []
+    method = ""
+    df = long_frame(qa)
+    for k in context_values(qa):
+        board = leaderboard(qa, root, n_boot=n_boot, where={"k": int(k) if k.isdigit() else k},
+                            metric_prefix=f"k[{k}].")
+        method = method or board.method
+        out += [Section(f"k={k} · {sec.title}", sec.table, sec.note, sec.group_id, sec.kind)
+                for sec in board.sections if sec.kind in ("metric", "diff", "buckets")]
+        for (dataset, model, mode), g in df.groupby(["dataset", "model", "mode"], sort=True):
+            seeds = g["seed"].nunique()
+            stat = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
+            col = f"m.k[{k}].answer_reachable"
+            if col in g and g[col].notna().any():
+                out.append(Section(f"k={k} · qa · {dataset} · {model} · {mode} — answer reachable % ({stat})",
+                                   pivot(g, col, "{:.1f}"), "", "", "reachable"))
+        rf = reachable_f1(qa, root, k)
+        if not rf.empty:
+            out.append(Section(f"k={k} — F1 on the questions whose answer the strategy's windows reach "
+                               f"(mean ± std over seeds; the set differs by strategy, so no paired test)",
+                               pivot(rf, "f1_reachable", "{:.1f}"), "", "", "f1_reachable"))
+    return out, method
+
+
+def context_tables(runs: list[dict[str, Any]], root: str | Path | None = None, n_boot: int = stats.N_BOOT) -> str:
+    """by_context.md: :func:`context_sections` as markdown. A pure function of the records and sidecars."""
+    sections, method = context_sections(runs, root, n_boot)
+    if not sections:
         return ""
     out = ["# QA by context_paragraphs\n",
            "Generated by `ctxbench table` from `runs.jsonl`; do not edit. k = neighbouring paragraphs added to each "
            "question's gold paragraph; budget = context tokens per window; every k holds the same questions.\n"]
-    for (dataset, model, mode), g in df.groupby(["dataset", "model", "mode"], sort=True):
-        ks = sorted({c.split("]")[0][4:] for c in g.columns if c.startswith("m.k[") and c.endswith("].f1")
-                     and "bucket" not in c}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
-        seeds = g["seed"].nunique()
-        stat = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
-        for k in ks:
-            for m, name, fmt in (("f1", "F1", "{:.1f}"), ("exact_match", "EM", "{:.1f}"),
-                                 ("answer_reachable", "answer reachable %", "{:.1f}")):
-                col = f"m.k[{k}].{m}"
-                if col not in g or g[col].isna().all():
-                    continue
-                n = int(g[f"m.k[{k}].n"].max()) if f"m.k[{k}].n" in g else 0
-                out.append(f"### qa · {dataset} · {model} · {mode} · k={k} — {name} ({stat}; {n} questions)\n")
-                out.append(tabulate(pivot(g, col, fmt), headers="keys", tablefmt="github", stralign="right") + "\n")
-            rows = []
-            for b in BUCKETS:
-                col, ncol = f"m.k[{k}].bucket[{b}].f1", f"m.k[{k}].bucket[{b}].n"
-                if col in g and g[col].notna().any():
-                    t = pivot(g, col, "{:.1f}")
-                    n = pivot(g, ncol, "{:.0f}")
-                    t = t.astype(str) + " (n=" + n.astype(str) + ")"
-                    t.insert(0, "length", b)
-                    rows.append(t)
-            if rows:
-
-                out.append(f"### qa · {dataset} · {model} · {mode} · k={k} — F1 by context length in tokens "
-                           f"(≤b, b–2b, 2b–4b, >4b; {stat})\n")
-                out.append(tabulate(pd.concat(rows).sort_index(kind="stable"), headers="keys", tablefmt="github",
-                                    stralign="right") + "\n")
+    for sec in sections:
+        out.append(f"### {sec.title}\n")
+        out.append(tabulate(sec.table, headers="keys", tablefmt="github", stralign="right") + "\n")
+        if sec.note:
+            out.append(sec.note + "\n")
+    if method:
+        out.append(f"**Method.** {method}\n")
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------- the summary first
+
+
+def default_sweep_specs(task: str) -> set[str] | None:
+    """Canonical specs (without task_version) of every cell of a task's default sweep, for
+    both modes ``mode: auto`` may resolve to; None when the task has no built-in sweep."""
+    import dataclasses
+
+    import yaml
+
+    from ctxbench.bench.config import CONFIG_DIR, load_sweep
+
+    path = CONFIG_DIR / f"{task}.yaml"
+    if not path.exists():
+        return None
+    mode = (yaml.safe_load(path.read_text()) or {}).get("mode", "probe")
+    modes = ["probe", "finetune"] if mode == "auto" else [mode]
+    sweep = load_sweep(task, [f"mode={modes[0]}"])
+    out = set()
+    for m in modes:
+        out |= {canonical(c.to_dict()) for c in dataclasses.replace(sweep, mode=m).cells()}
+    return out
+
+
+def spec_key(run: dict[str, Any]) -> str:
+    """A run's spec as the sweep states it (task_version is the task's, not the sweep's)."""
+    return canonical({k: v for k, v in run.get("spec", {}).items() if k != "task_version"})
+
+
+def default_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The runs of their task's default sweep, or None when no task of these runs has one."""
+    keys: set[str] = set()
+    known = False
+    for task in sorted({r.get("spec", {}).get("task") for r in runs} - {None}):
+        k = default_sweep_specs(task)
+        if k is not None:
+            known = True
+            keys |= k
+    return [r for r in runs if spec_key(r) in keys] if known else None
+
+
+def short_names(labels: Iterable[str]) -> dict[str, str]:
+    """``sliding[max_windows=16,pool=mean]`` -> ``sliding`` where the base name is unique in the table."""
+    labels = list(dict.fromkeys(labels))
+    base = {s: s.split("[", 1)[0] for s in labels}
+    count = pd.Series(list(base.values())).value_counts()
+    return {s: base[s] if count[base[s]] == 1 else s for s in labels}
+
+
+def _ci(lo: float, hi: float, fmt: str, sign: bool = False) -> str:
+    return f"[{_num(lo, fmt, sign)}, {_num(hi, fmt, sign)}]"
+
+
+def recommendation(cells: pd.DataFrame, budget: int, fmt: str = "{:.3f}",
+                   names: dict[str, str] | None = None) -> str:
+    """One generated sentence for one budget of one table, from its Holm-adjusted tests against head:
+    which strategies beat head (the best with its Δ and CI) and which are worse."""
+    c = cells[(cells["budget"] == budget) & (cells["strategy"] != REFERENCE)]
+    names = names or {s: s for s in c["strategy"]}
+    if c.empty or c["p_vs_head"].isna().all():
+        return f"b = {budget}: no test against {REFERENCE}."
+    hib = bool(cells["higher_is_better"].iloc[0])
+
+    def one(r: pd.Series) -> str:
+        return (f"{names.get(r['strategy'], r['strategy'])} {_num(r['diff_vs_head'], fmt, True)} "
+                f"{_ci(r['diff_lo'], r['diff_hi'], fmt, True)}")
+
+    up = c[c["mark"] == UP].sort_values("diff_vs_head", ascending=not hib)
+    down = c[c["mark"] == DOWN].sort_values("diff_vs_head", ascending=hib)
+    if len(up):
+        head = f"best is {one(up.iloc[0])}"
+        if len(up) > 1:
+            head += f" (also ahead: {', '.join(names.get(x, x) for x in up['strategy'].iloc[1:])})"
+    else:
+        head = f"no strategy beats {REFERENCE}"
+    tail = []
+    if len(down):
+        worse = [one(r) for _, r in down.iterrows()]
+        tail.append(f"{worse[0]} is worse" if len(worse) == 1 else "worse: " + "; ".join(worse))
+    same = (c["diff_lo"] == 0) & (c["diff_hi"] == 0)  # the same predictions as head on every resample
+    undecided = int(((c["mark"] == "") & ~same).sum())
+    if undecided:
+        tail.append(f"{undecided} of {len(c)} undecided")
+    if same.any():
+        tail.append(f"{', '.join(names.get(x, x) for x in c.loc[same, 'strategy'])} "
+                    f"identical to {REFERENCE}")
+    return f"b = {budget}: {head}" + "".join(f"; {t}" for t in tail) + "."
+
+
+def metric_format(values: pd.Series) -> str:
+    """3 decimals for metrics on [0, 1], 1 for those on [0, 100] (SQuAD F1)."""
+    v = pd.to_numeric(values, errors="coerce").abs()
+    return "{:.1f}" if v.notna().any() and v.max() > 1.5 else "{:.3f}"
+
+
+def summary_table(group: pd.DataFrame, fmt: str | None = None) -> tuple[pd.DataFrame, dict[str, str], list[str]]:
+    """One compact table of one (dataset, model, mode): rows budget × strategy; the legend of the
+    short names; notes on where the cost columns come from."""
+    fmt = fmt or metric_format(group["metric"])
+    names = short_names(_strategy_order(group["strategy"]))
+    main = group["main_metric"].iloc[0]
+    hib = bool(group["higher_is_better"].iloc[0])
+    has = {c: c in group and group[c].notna().any() for c in COST_FIELDS}
+    ms_col, mb_col = ("cost_latency_ms", "cost_peak_mb")
+    ms_head = "ms/doc (measured, b=1 p50)" if has[ms_col] else "ms/doc (grid estimate)"
+    mb_head = "peak MB (measured)" if has[mb_col] else "peak MB (process)"
+    notes = []
+    if not has[ms_col]:
+        notes.append("ms/doc (grid estimate): `latency_p50_ms` as the sweep recorded it, a single pass; in probe "
+                     "mode a window's time is its token share of the batch it was encoded in (an estimate, "
+                     "not a per-strategy measurement).")
+    if not has[mb_col]:
+        notes.append("peak MB (process): the peak RSS of the process so far on CPU (of the cell alone only "
+                     "with --isolate), CUDA max allocated on GPU; not a per-strategy measurement.")
+    rows = []
+    for budget, g in group.groupby("budget", sort=True):
+        order = {s: k for k, s in enumerate(_strategy_order(g["strategy"]))}
+        g = g.assign(_o=g["strategy"].map(order)).sort_values("_o")
+        ahead = g[g["mark"] == UP] if "mark" in g else g.iloc[:0]
+        best = (ahead["metric"].idxmax() if hib else ahead["metric"].idxmin()) if len(ahead) else None
+        for i, r in g.iterrows():
+            metric = _num(r["metric"], fmt) + (" " + _ci(r["ci_lo"], r["ci_hi"], fmt)
+                                               if np.isfinite(r["ci_lo"]) else "")
+            if i == best:
+                metric = f"**{metric}**"
+            diff = ("–" if not np.isfinite(r["p_vs_head"]) else
+                    f"{_num(r['diff_vs_head'], fmt, True)} {_ci(r['diff_lo'], r['diff_hi'], fmt, True)}"
+                    + (f" {r['mark']}" if r["mark"] else ""))
+            ms = r[ms_col] if has[ms_col] else r.get("latency_p50_ms", np.nan)
+            mb = r[mb_col] if has[mb_col] else r.get("peak_memory_mb", np.nan)
+            rows.append({"b": int(budget), "strategy": names[r["strategy"]], f"{main} [95% CI]": metric,
+                         f"Δ vs {REFERENCE} [95% CI]": diff,
+                         f"tokens × {REFERENCE}": _num(r.get("compute_multiplier", np.nan), "{:.2f}"),
+                         ms_head: _num(ms, "{:.1f}"), mb_head: _num(mb, "{:.0f}"),
+                         "coverage": _num(r.get("coverage", np.nan), "{:.2f}")})
+    legend = {n: s for s, n in names.items() if n != s}
+    return pd.DataFrame(rows), legend, notes
+
+
+@dataclass
+class SummaryBlock:
+    """One compact summary table and what is printed around it (the report renders the same blocks)."""
+
+    title: str
+    group_id: str
+    intro: str
+    table: pd.DataFrame
+    verdicts: list[str]
+    legend: dict[str, str]
+    notes: list[str]
+    cells: pd.DataFrame
+
+
+def summary_blocks(runs: Iterable[dict[str, Any]], board: Leaderboard) -> list[SummaryBlock]:
+    """The summary blocks of the groups (and only the cells) these runs fill in ``board``."""
+    if board.cells.empty:
+        return []
+    ids = {r.get("run_id") for r in runs}
+    cols = [*GROUP_KEYS, "strategy", "budget"]
+    mine = set(map(tuple, board.frame.loc[board.frame["run_id"].isin(ids), cols].astype(str).to_numpy()))
+    present = board.cells[cols].astype(str).apply(tuple, axis=1).isin(mine)
+    out = []
+    for (title, gid), group in board.cells[present].groupby(["group", "group_id"], sort=False):
+        table, legend, notes = summary_table(group)
+        seeds = int(group["n_seeds"].max())
+        units = group["n_units"].max()
+        n_text = f", {int(units):,} test units" if units == units else ""
+        intro = (f"{group['main_metric'].iloc[0]}, mean over {seeds} seed{'s' if seeds > 1 else ''}{n_text}; "
+                 f"{UP} / {DOWN}: Holm-adjusted p < {stats.ALPHA} against {REFERENCE}; **bold**: the best cell of "
+                 f"a budget, only where it is significantly ahead of {REFERENCE}.")
+        fmt, names = metric_format(group["metric"]), short_names(_strategy_order(group["strategy"]))
+        verdicts = [recommendation(group, int(b), fmt, names) for b in sorted(group["budget"].unique())]
+        mde = mde_text(group)
+        out.append(SummaryBlock(title, gid, intro, table, verdicts + ([mde] if mde else []), legend, notes, group))
+    return out
+
+
+def summary_tables(runs: Iterable[dict[str, Any]], root: str | Path | None = None, *,
+                   board: Leaderboard | None = None, n_boot: int = stats.N_BOOT) -> str:
+    """The compact summary (markdown) of every group of these runs: one table per (dataset, model,
+    mode), a verdict per budget, the legend and the method. Pass the runs of one sweep for its summary
+    (the runner's terminal, a study's own tables); ``board`` reuses a leaderboard already computed."""
+    runs = list(runs)
+    board = board if board is not None else leaderboard(runs, root, n_boot=n_boot)
+    blocks = summary_blocks(runs, board)
+    if not blocks:
+        return "No successful runs.\n"
+    out = []
+    for blk in blocks:
+        out.append(f"### {blk.title}\n")
+        out.append(blk.intro + "\n")
+        out.append(tabulate(blk.table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+                   + "\n")
+        out += [f"- {v}" for v in blk.verdicts]
+        out.append("")
+        if blk.legend:
+            out.append("Strategies: " + "; ".join(f"`{n}` = `{s}`" for n, s in blk.legend.items()) + ".\n")
+        for n in blk.notes:
+            out.append(f"_{n}_\n")
+    if board.method:
+        out.append(f"**Method.** {board.method}\n")
+    return "\n".join(out)
+
+
+def load_runs(path: str | Path) -> pd.DataFrame:
+    """A runs.jsonl (or its folder) as a pandas DataFrame, one row per successful run.
+
+    Columns: task, dataset, model, mode (as the tables group it: ``probe``, ``finetune``,
+    ``finetune:lora``, ``probe+bfloat16`` …), strategy (label), budget, seed, main_metric,
+    higher_is_better, metric (the main metric's value), ``m.<name>`` for every numeric metric
+    (``m.accuracy``, ``m.bucket[b-2b].macro_f1`` …), the measurements in ``MEASURES``
+    (docs_per_s, peak_memory_mb, compute_multiplier, coverage, latency_p50_ms …), the measured cost
+    fields in ``COST_FIELDS`` where present, data_label, sample (which test sample), run_id and
+    predictions_file. E.g. ``load_runs("results/clf").groupby(["strategy", "budget"]).metric.mean()``."""
+    from ctxbench.bench.results import read_jsonl
+
+    path = Path(path)
+    return long_frame(read_jsonl(path / "runs.jsonl" if path.is_dir() else path))
+
+
+def split_groups(board: Leaderboard, runs: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(groups holding default-sweep runs, every other group: demonstrations), each in table order.
+    Without a built-in sweep for the task, or none of its cells recorded, every group counts as the default."""
+    if board.cells.empty:
+        return [], []
+    order = list(dict.fromkeys(board.cells["group_id"]))
+    default = default_runs(runs)
+    if default is None:
+        return order, []
+    ids = {r["run_id"] for r in default}
+    cols = GROUP_KEYS
+    mine = set(map(tuple, board.frame.loc[board.frame["run_id"].isin(ids), cols].astype(str).to_numpy()))
+    hit = board.cells[cols].astype(str).apply(tuple, axis=1).isin(mine)
+    first = list(dict.fromkeys(board.cells.loc[hit, "group_id"]))
+    if not first:  # none of the default sweep's cells is recorded here: nothing to set apart
+        return order, []
+    return first, [g for g in order if g not in first]
+
+
 def write_leaderboard(runs_path: str | Path, out_dir: str | Path | None = None) -> Leaderboard:
+    """Write SUMMARY.md (the default sweep's compact tables), leaderboard.md (its details first, then
+    every other group on the default sample), demos.md (demonstration runs: other data, models,
+    modes or precisions), the CSVs, comparison.md and by_context.md."""
     from ctxbench.bench.results import read_jsonl
     from ctxbench.tasks.cache import atomic_write_text
 
@@ -618,15 +1041,29 @@ def write_leaderboard(runs_path: str | Path, out_dir: str | Path | None = None) 
     out_dir = Path(out_dir or runs_path.parent)
     runs = read_jsonl(runs_path)
     board = leaderboard(runs, root=runs_path.parent)
-    header = f"# Leaderboard: {out_dir.name}\n\nGenerated by `ctxbench table` from `{runs_path.name}`; do not edit.\n\n"
-    atomic_write_text(out_dir / "leaderboard.md", header + board.markdown())
+    default, demos = split_groups(board, runs)
+    gen = f"Generated by `ctxbench table` from `{runs_path.name}`; do not edit.\n\n"
+    sweep = default_runs(runs)
+    summary = summary_tables(sweep or runs, board=board)
+    atomic_write_text(out_dir / "SUMMARY.md", f"# Summary: {out_dir.name} (default sweep)\n\n{gen}"
+                      f"Details (length buckets, every measurement): `leaderboard.md`"
+                      f"{'; demonstration runs: `demos.md`' if demos else ''}.\n\n" + summary)
+    atomic_write_text(out_dir / "leaderboard.md", f"# Leaderboard: {out_dir.name}\n\n{gen}"
+                      "The default sweep first; its summary is `SUMMARY.md`.\n\n" + board.markdown(default))
+    if demos:
+        atomic_write_text(out_dir / "demos.md", f"# Demonstration runs: {out_dir.name}\n\n{gen}"
+                          "Runs outside the default sweep (PEFT, position extension, the long model, bf16, other "
+                          "data): each its own table, never averaged with the default sweep.\n\n"
+                          + board.markdown(demos))
+    elif (out_dir / "demos.md").exists():
+        (out_dir / "demos.md").unlink()
     atomic_write_text(out_dir / "leaderboard.csv", board.csv())
     atomic_write_text(out_dir / "leaderboard_buckets.csv", board.buckets_csv())
     if len({(r["spec"]["model"], mode_label(r["spec"])) for r in runs if r.get("status", "ok") == "ok"}) > 1:
         atomic_write_text(out_dir / "comparison.md", f"# Every model and mode of {out_dir.name} side by side\n\n"
                           f"Generated by `ctxbench table` from `{runs_path.name}`; do not edit.\n\n"
                           + comparison_markdown(runs))
-    per_context = context_tables(runs)  # tasks that score each example over several contexts (QA's k)
+    per_context = context_tables(runs, runs_path.parent)  # tasks that score each example over several contexts (QA's k)
     if per_context:
         atomic_write_text(out_dir / "by_context.md", per_context)
     return board

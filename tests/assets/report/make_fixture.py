@@ -4,7 +4,7 @@
 * ``sliding`` fixes most of head's mistakes on documents longer than the budget -> a
   significant gain over ``head`` at every budget;
 * ``tail`` is head with half its wrong labels swapped for other wrong labels -> same
-  accuracy, nearly the same macro-F1: not significantly different (≈);
+  accuracy, nearly the same macro-F1: not significantly different (no ▲ / ▼);
 * one ``hierarchical`` run ran out of memory -> listed as not finished, not tabled.
 
 Run from the repository root:
