@@ -45,12 +45,13 @@ class Train:
     warmup_ratio: float = 0.1
     grad_accum: int = 1
     dropout: float = 0.1
-    # finetune mode (bench/peft_modes.py)
+    steps: int | None = None  # equal optimizer steps for every strategy (no early stopping); None: epochs decide
+    # finetune mode (tasks/model/peft.py)
     finetune: str = "full"  # full | lora | adalora | prefix | ia3
     lora_r: int = 8  # lora: the rank; adalora: the average rank it prunes to
     lora_alpha: int = 16
     lora_dropout: float = 0.1
-    lora_target_modules: tuple[str, ...] = ("query", "value")  # lora and adalora (Llama: q_proj, v_proj)
+    lora_target_modules: tuple[str, ...] | None = None  # lora and adalora; None: the family's (tasks/model/families.py)
     max_windows_train: int | None = 8  # finetune: windows per document used in training
     adalora_init_r: int = 12  # adalora: the rank every adapter starts at
     adalora_tinit: float = 0.1  # adalora: share of optimizer steps before ranks are pruned

@@ -10,8 +10,6 @@ vote); document-level ones (hierarchical, or sliding with
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
@@ -24,10 +22,12 @@ from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
 from ctxbench.tasks.model.encoder import (
-    Head, Loaded, autocast, build_input, compute_dtype_name, encode, length_batches, linear_warmup, load_encoder,
-    model_key, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, usable_budget,
+    Head, Loaded, autocast, build_input, compute_dtype_name, encode, length_batches, load_encoder,
+    ceil_div, model_key, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, usable_budget,
 )
 from ctxbench.tasks.cache import cache_dir, content_hash
+from ctxbench.tasks.model.peft import apply_peft
+from ctxbench.tasks.model.train import capped, fit as train_loop, optimizer_steps
 from ctxbench.tasks.model.windows import WindowCache
 from ctxbench.strategies import ConfigError, Window, needs, window_len
 from ctxbench.strategies.select import timed_windows
@@ -236,78 +236,24 @@ def predict(model: nn.Module, groups: Sequence, batch_size: int, device: torch.d
 
 def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable[[nn.Module], float], spec,
         device: torch.device, progress: bool) -> dict[str, Any]:
-    """AdamW with linear warm-up (or full-batch L-BFGS for probes), early stopping on
-    validation macro-F1; the best epoch's weights are restored."""
-    from ctxbench.tasks.model.distributed import accelerator_for, local_share
-
-    cfg = spec.train
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Cross-entropy on the groups through the shared loop (tasks/model/train.py): AdamW with warm-up (or
+    full-batch L-BFGS for probes), early stopping on validation macro-F1; an end-to-end model trains data
+    parallel under a launcher."""
     y_t = torch.as_tensor(y, dtype=torch.long)
-    # Data parallel under a launcher (accelerate launch / torchrun) for end-to-end models: each process
-    # takes its share of every batch and DDP averages the gradients. Probes train replicated. One process:
-    # the model itself, the same batches and the same operations as without accelerate.
-    acc = accelerator_for(cfg.grad_accum)
-    size, rank = (acc.num_processes, acc.process_index) if isinstance(model, FinetuneModel) else (1, 0)
-    net = acc.prepare_model(model, device_placement=False) if size > 1 else model
-    gen = torch.Generator().manual_seed(spec.seed)
-    best, best_state, bad, epochs_run = -1.0, None, 0, 0
-    steps_per_epoch = max(1, -(-len(groups) // (cfg.batch_size * cfg.grad_accum)))
-    lbfgs = cfg.optimizer == "lbfgs"
-    if lbfgs:
-        if isinstance(model, FinetuneModel):
-            raise ConfigError("train.optimizer=lbfgs is for probe mode; use adamw to fine-tune")
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=20, history_size=10, line_search_fn="strong_wolfe")
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = linear_warmup(opt, int(cfg.warmup_ratio * cfg.epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
-    t_train, n_seen, tok_seen = 0.0, 0, 0
-    for epoch in tqdm(range(cfg.epochs), desc="train", disable=not progress, leave=False):
-        model.train()
-        sync(device)
-        t0 = time.perf_counter()
-        if lbfgs:
-            def closure():
-                opt.zero_grad()
-                loss = F.cross_entropy(model(groups), y_t.to(device)) + cfg.weight_decay * sum(
-                    (p**2).sum() for p in params if p.dim() > 1)
-                loss.backward()
-                return loss
+    bs = spec.train.batch_size
 
-            opt.step(closure)
-            n_seen += len(groups)
-        else:
-            order = torch.randperm(len(groups), generator=gen).tolist()
-            opt.zero_grad()
-            for step, i in enumerate(range(0, len(order), cfg.batch_size)):
-                idx = order[i: i + cfg.batch_size]
-                last = (step + 1) % cfg.grad_accum == 0 or i + cfg.batch_size >= len(order)
-                mine, weight = local_share(idx, rank, size)  # one process: (idx, 1.0)
-                with acc.no_sync(net) if size > 1 and not last else contextlib.nullcontext():
-                    loss = F.cross_entropy(net([groups[j] for j in mine]), y_t[mine].to(device))
-                    acc.backward(loss if weight == 1.0 else loss * weight)  # divides by grad_accum
-                n_seen += len(idx)
-                tok_seen += sum(group_size(groups[j]) for j in idx)
-                if last:
-                    acc.clip_grad_norm_(params, 1.0)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad()
-        sync(device)
-        t_train += time.perf_counter() - t0
-        epochs_run = epoch + 1
-        score = evaluate(model)
-        if score > best:
-            best, bad = score, 0
-            best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return {"epochs_run": epochs_run, "best_val_macro_f1": best, "train_seconds": t_train, "train_processes": size,
-            "train_examples_per_s": n_seen / max(t_train, 1e-9),
-            "train_tokens_per_s": tok_seen / max(t_train, 1e-9) if tok_seen else None}
+    def batches(gen):
+        order = torch.randperm(len(groups), generator=gen).tolist() if gen is not None else list(range(len(groups)))
+        return [order[i: i + bs] for i in range(0, len(order), bs)]
+
+    def loss(net, idx):
+        return F.cross_entropy(net([groups[j] for j in idx]), y_t[list(idx)].to(device))
+
+    info = train_loop(model, batches, loss, spec.train, spec.seed, device, evaluate=evaluate,
+                      tokens=lambda j: group_size(groups[j]), data_parallel=isinstance(model, FinetuneModel),
+                      progress=progress)
+    info["best_val_macro_f1"] = info.pop("best_val")
+    return info
 
 
 # ---------------------------------------------------------------- span cache
@@ -505,15 +451,13 @@ class Classification:
         return out
 
     def _finetune(self, spec, ctx, enc, data, windows, head, budget, strategy) -> CellResult:
-        from ctxbench.tasks.model.encoder import load_encoder as _load
-        from ctxbench.tasks.model.peft import adalora_schedule, apply_peft, optimizer_steps
-
         cap = spec.train.max_windows_train
-        train_windows = [ws if cap is None or len(ws) <= cap else _even(ws, cap) for ws in windows["train"]]
+        train_windows = capped(windows["train"], cap)
         n_groups = len(train_windows) if doc_level(strategy) else sum(len(ws) for ws in train_windows)
-        fresh = _load(spec.model, ctx.device)  # a fresh copy: fine-tuning must not touch the shared encoder
+        fresh = load_encoder(spec.model, ctx.device)  # a fresh copy: fine-tuning must not touch the shared encoder
         # full | lora | adalora | prefix | ia3 (a "<model>@<n>" name arrives position-extended from resolve_model)
-        encoder = apply_peft(fresh.model, spec.train, optimizer_steps(n_groups, spec.train),
+        steps = optimizer_steps(ceil_div(n_groups, spec.train.batch_size), spec.train)
+        encoder = apply_peft(fresh.model, spec.train, steps,
                              longest_input=budget + enc.tokenizer.num_special_tokens_to_add(pair=False))
         model = FinetuneModel(encoder, head, enc.tokenizer.pad_token_id, spec.pooler, ctx.device,
                               spec.precision).to(ctx.device)
@@ -521,9 +465,8 @@ class Classification:
         def item(split, i, ws):
             return [build_input(enc.tokenizer, data.ids[split][i], w) for w in ws]
 
-        with adalora_schedule(model):
-            scores, per_doc, wall, padded, train_info = self._train_eval(spec, ctx, model, data, windows, strategy,
-                                                                        item, train_windows)
+        scores, per_doc, wall, padded, train_info = self._train_eval(spec, ctx, model, data, windows, strategy,
+                                                                    item, train_windows)
         measurements = self.measure(spec, enc, data, windows, budget, per_doc, padded)
         measurements.update(predict_wall_s=wall, trainable_params=n_params(model, trainable=True),
                             total_params=n_params(model), timing="measured now (tokens-apportioned batch time)",
@@ -560,10 +503,3 @@ class Classification:
         info = {"budget": budget, "attn_implementation": enc.attn_implementation, "dtype": enc.dtype,
                 "labels": len(data.labels), **data.counts}
         return CellResult(metrics, measurements, preds, info)
-
-
-def _even(ws: list, k: int) -> list:
-    from ctxbench.strategies.sliding import cap
-
-    idx = cap(list(range(len(ws))), k, "even")
-    return [ws[i] for i in idx]

@@ -69,11 +69,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ctxbench.tasks.model.encoder import (
-    AttentionPool, Loaded, TransformerAgg, autocast, build_input, compute_dtype_name, forward_batched, linear_warmup,
-    load_encoder, masked_reduce, model_key, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, template,
-    usable_budget,
+    AttentionPool, Loaded, TransformerAgg, autocast, build_input, compute_dtype_name, forward_batched, load_encoder,
+    masked_reduce, model_key, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, template, usable_budget,
 )
 from ctxbench.tasks.cache import content_hash
+from ctxbench.tasks.model.peft import apply_peft
+from ctxbench.tasks.model.train import capped, fit as train_loop, optimizer_steps
 from ctxbench.tasks.model.windows import WindowCache
 from ctxbench.strategies import ConfigError, Window, needs, window_len
 
@@ -441,63 +442,38 @@ def tag_documents(model: TokenModel, tokenizer, documents: Sequence[Sequence[str
 
 def fit(model: TokenModel, examples: Sequence[Sequence], labels: Sequence[Sequence[Sequence[int]]],
         evaluate: Callable[[TokenModel], float], spec, device: torch.device, progress: bool) -> dict[str, Any]:
-    """AdamW with linear warm-up, token cross-entropy on first sub-tokens, early stopping
-    on validation entity F1; the best epoch's weights are restored."""
-    cfg = spec.train
-    if cfg.optimizer != "adamw":
-        raise ConfigError(f"ner: train.optimizer must be adamw (got {cfg.optimizer!r})")
-    params = [p for p in model.parameters() if p.requires_grad]
-    gen = torch.Generator().manual_seed(spec.seed)
+    """Token cross-entropy on first sub-tokens through the shared loop (tasks/model/train.py): AdamW with
+    warm-up, batches of at most ``train.batch_size`` windows, early stopping on validation entity F1."""
+    if spec.train.optimizer != "adamw":
+        raise ConfigError(f"ner: train.optimizer must be adamw (got {spec.train.optimizer!r})")
     n_windows = [len(ex) for ex in examples]
     sizes = [sum(item_len(x) for x in ex) for ex in examples]
-    steps_per_epoch = max(1, -(-len(window_batches(sizes, n_windows, cfg.batch_size)) // cfg.grad_accum))
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = linear_warmup(opt, int(cfg.warmup_ratio * cfg.epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
-    best, best_state, bad, epochs_run = -1.0, None, 0, 0
-    t_train, n_seen, tok_seen = 0.0, 0, 0
-    for epoch in tqdm(range(cfg.epochs), desc="train", disable=not progress, leave=False):
-        model.train()
-        sync(device)
-        t0 = time.perf_counter()
-        order = torch.randperm(len(examples), generator=gen).tolist()
-        batches = window_batches(sizes, n_windows, cfg.batch_size, order)
-        opt.zero_grad()
-        for step, batch in enumerate(batches):
-            logits, _ = model([examples[i] for i in batch])  # (W, L, C)
-            y = torch.full(logits.shape[:2], IGNORE, dtype=torch.long)
-            row = 0
-            for i in batch:
-                for lab in labels[i]:
-                    y[row, : len(lab)] = torch.as_tensor(lab, dtype=torch.long)
-                    row += 1
-            y = y.to(device)
-            n_seen += len(batch)
-            tok_seen += sum(sizes[i] for i in batch)
-            if (y != IGNORE).any():
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                       ignore_index=IGNORE) / cfg.grad_accum
-                loss.backward()
-            if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(batches):
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-        sync(device)
-        t_train += time.perf_counter() - t0
-        epochs_run = epoch + 1
-        score = evaluate(model)
-        if score > best:
-            best, bad = score, 0
-            best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return {"epochs_run": epochs_run, "best_val_f1": best, "train_seconds": t_train,
-            "train_examples_per_s": n_seen / max(t_train, 1e-9), "train_tokens_per_s": tok_seen / max(t_train, 1e-9),
-            "train_examples": len(examples), "train_windows": int(sum(n_windows))}
+
+    def batches(gen):
+        order = torch.randperm(len(examples), generator=gen).tolist() if gen is not None else None
+        return window_batches(sizes, n_windows, spec.train.batch_size, order)
+
+    def loss(net, batch):
+        logits, _ = net([examples[i] for i in batch])  # (W, L, C)
+        y = torch.full(logits.shape[:2], IGNORE, dtype=torch.long)
+        row = 0
+        for i in batch:
+            for lab in labels[i]:
+                y[row, : len(lab)] = torch.as_tensor(lab, dtype=torch.long)
+                row += 1
+        if not (y != IGNORE).any():
+            return None
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), ignore_index=IGNORE)
+
+    info = train_loop(model, batches, loss, spec.train, spec.seed, device, evaluate=evaluate,
+                      tokens=lambda i: sizes[i], data_parallel=False, progress=progress)
+    info.update(best_val_f1=info.pop("best_val"), train_examples=len(examples), train_windows=int(sum(n_windows)))
+    return info
+
+
+def train_batches_per_epoch(examples: Sequence[Sequence], batch_size: int) -> int:
+    return len(window_batches([sum(item_len(x) for x in ex) for ex in examples], [len(ex) for ex in examples],
+                              batch_size))
 
 
 # ---------------------------------------------------------------- the task
@@ -642,9 +618,8 @@ class NER:
         if key in trained:  # identical training inputs: the same model, trained once
             model, train_info = trained[key][0], {**trained[key][1], "train_reused": True}
         else:
-            if model is None:
-                model = self._finetune_model(spec, ctx, p, head)
-            train_info = {**self.train(spec, ctx, p, model, item), "train_reused": False,
+            model, info = self.train(spec, ctx, p, model, item, head)
+            train_info = {**info, "train_reused": False,
                           "trained_by": spec.strategy.label}
             trained[key] = (model, train_info)
             while len(trained) > MAX_SHARED_MODELS:
@@ -666,10 +641,15 @@ class NER:
         del model
         return self.result(spec, p, preds, seen, measurements)
 
-    def train(self, spec, ctx: Context, p: Prepared, model: TokenModel, item: Callable) -> dict[str, Any]:
+    def train(self, spec, ctx: Context, p: Prepared, model: TokenModel | None, item: Callable,
+              head: TokenHead) -> tuple[TokenModel, dict[str, Any]]:
+        """Train the probe ``model``, or (``model`` None) a fresh fine-tuned encoder with ``head``."""
         cap = spec.train.max_windows_train
-        train_windows = [ws if cap is None or len(ws) <= cap else _even(ws, cap) for ws in p.windows["train"]]
+        train_windows = capped(p.windows["train"], cap)
         ex_train, own_train = self.examples(p, "train", item, train_windows)
+        if model is None:
+            steps = optimizer_steps(train_batches_per_epoch(ex_train, spec.train.batch_size), spec.train)
+            model = self._finetune_model(spec, ctx, p, head, steps, max(item_len(x) for ex in ex_train for x in ex))
         lab_train, _ = self.examples(p, "train", lambda s, i, w: self.window_labels(p, s, i, w), train_windows)
         ex_val, own_val = self.examples(p, "val", item)
         gold_val = [d.tags for d in p.data.docs["val"]]
@@ -681,7 +661,7 @@ class NER:
 
         info = fit(model, ex_train, lab_train, evaluate, spec, ctx.device, ctx.progress)
         info["train_max_windows"] = cap
-        return info
+        return model, info
 
     @staticmethod
     def train_key(spec, p: Prepared) -> str:
@@ -689,7 +669,7 @@ class NER:
         window-level strategy when all documents fit the budget), so the model is trained once.
         The stitch method matters only when some validation document has several windows."""
         cap = spec.train.max_windows_train
-        train_windows = [ws if cap is None or len(ws) <= cap else _even(ws, cap) for ws in p.windows["train"]]
+        train_windows = capped(p.windows["train"], cap)
         method = p.method if any(len(ws) > 1 for ws in p.windows["val"]) else None
         head = (p.strategy.pool, getattr(p.strategy, "layers", 1)) if p.doc_level else None
         return content_hash(spec.model, spec.mode, spec.train, spec.seed, spec.pooler, spec.batch_size, p.data.key,
@@ -703,16 +683,10 @@ class NER:
 
         return item
 
-    def _finetune_model(self, spec, ctx: Context, p: Prepared, head: TokenHead) -> TokenModel:
+    def _finetune_model(self, spec, ctx: Context, p: Prepared, head: TokenHead, steps: int,
+                        longest_input: int) -> TokenModel:
         fresh = load_encoder(spec.model, ctx.device)  # a fresh copy: fine-tuning must not touch the shared encoder
-        encoder = fresh.model
-        if spec.train.finetune == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            cfg = LoraConfig(r=spec.train.lora_r, lora_alpha=spec.train.lora_alpha,
-                             lora_dropout=spec.train.lora_dropout,
-                             target_modules=list(spec.train.lora_target_modules))
-            encoder = get_peft_model(encoder, cfg)
+        encoder = apply_peft(fresh.model, spec.train, steps, longest_input=longest_input)  # any of the five kinds
         return TokenModel(head, encoder, p.enc.tokenizer.pad_token_id, ctx.device, spec.precision).to(ctx.device)
 
     def _probe_model(self, spec, ctx: Context, p: Prepared, head: TokenHead):
@@ -798,13 +772,6 @@ class NER:
                 "labels": len(p.data.labels), "stitch": p.method, "doc_context": p.doc_level,
                 "scoring": "seqeval strict IOB2 entity micro; unseen words scored as O", **p.data.counts}
         return CellResult(metrics, measurements, rows, info)
-
-
-def _even(ws: list, k: int) -> list:
-    from ctxbench.strategies.sliding import cap
-
-    idx = cap(list(range(len(ws))), k, "even")
-    return [ws[i] for i in idx]
 
 
 # ---------------------------------------------------------------- export (peer parity)

@@ -77,13 +77,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ctxbench.tasks.model.encoder import (
-    Loaded, Template, autocast, compute_dtype_name, forward_batched, linear_warmup, load_encoder, model_key, n_params,
-    seed_everything, special_tokens, sync, template, usable_budget, window_ids,
+    Loaded, Template, autocast, ceil_div, compute_dtype_name, forward_batched, load_encoder, model_key, n_params,
+    seed_everything, special_tokens, template, usable_budget, window_ids,
 )
 from ctxbench.tasks.cache import cache_dir, content_hash, file_hash
+from ctxbench.tasks.model.peft import peft_inside, save_finetuned
+from ctxbench.tasks.model.train import fit as train_loop, optimizer_steps
 from ctxbench.tasks.model.windows import WindowCache
 from ctxbench.strategies import ConfigError, DocView, Window, needs, window_len
 from ctxbench.strategies.base import positions
@@ -565,53 +566,33 @@ def _train_batches(lengths: Sequence[int], batch_size: int, gen: torch.Generator
 
 def fit_qa(model: torch.nn.Module, feats: Sequence[tuple], spec, lay: Layout, pad_id: int, device: torch.device,
            progress: bool) -> dict[str, Any]:
-    """AdamW with linear warm-up and decay, fixed epochs; loss = mean of start and end cross-entropy."""
-    cfg = spec.train
-    if cfg.optimizer != "adamw":
-        raise ConfigError(f"qa fine-tuning uses adamw; train.optimizer={cfg.optimizer!r} is for clf probes")
-    gen = torch.Generator().manual_seed(spec.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = -(-len(feats) // cfg.batch_size)
-    total = cfg.epochs * -(-per_epoch // cfg.grad_accum)
-    sched = linear_warmup(opt, int(cfg.warmup_ratio * total), total)
+    """Mean of start and end cross-entropy through the shared loop (tasks/model/train.py): AdamW with
+    warm-up and decay, fixed epochs (no validation split), length-pooled shuffled batches."""
+    if spec.train.optimizer != "adamw":
+        raise ConfigError(f"qa fine-tuning uses adamw; train.optimizer={spec.train.optimizer!r} is for clf probes")
     lengths = [len(f[0]) for f in feats]
-    t_train, seen, toks, losses = 0.0, 0, 0, []
-    cpu0 = time.process_time()
-    model.train()
-    bar = tqdm(total=cfg.epochs * per_epoch, desc="train qa", disable=not progress, leave=False)
-    for _ in range(cfg.epochs):
-        batches = _train_batches(lengths, cfg.batch_size, gen)
-        opt.zero_grad()
-        for step, idx in enumerate(batches):
-            sync(device)
-            t0 = time.perf_counter()
-            ids, mask, types = pad_inputs([feats[i] for i in idx], pad_id)
-            kw = {"token_type_ids": types.to(device)} if lay.token_types else {}
-            sp = torch.tensor([feats[i][2] for i in idx], device=device)
-            ep = torch.tensor([feats[i][3] for i in idx], device=device)
-            with autocast(device):  # training: the device's default precision
-                out = model(input_ids=ids.to(device), attention_mask=mask.to(device), start_positions=sp,
-                            end_positions=ep, **kw)
-            (out.loss.float() / cfg.grad_accum).backward()
-            if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(batches):
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-            sync(device)
-            t_train += time.perf_counter() - t0
-            seen += len(idx)
-            toks += sum(lengths[i] for i in idx)
-            losses.append(float(out.loss.detach()))
-            bar.update(1)
-    bar.close()
-    model.eval()
-    k = max(1, len(losses) // 10)
-    return {"train_seconds": t_train, "train_cpu_seconds": time.process_time() - cpu0,
-            "train_features": len(feats), "train_examples_per_s": seen / max(t_train, 1e-9),
-            "train_tokens_per_s": toks / max(t_train, 1e-9), "train_loss_first": float(np.mean(losses[:k])),
-            "train_loss_last": float(np.mean(losses[-k:]))}
+    bs = spec.train.batch_size
+
+    def batches(gen):
+        if gen is None:
+            return [list(range(i, min(i + bs, len(feats)))) for i in range(0, len(feats), bs)]
+        return _train_batches(lengths, bs, gen)
+
+    def loss(net, idx):
+        ids, mask, types = pad_inputs([feats[i] for i in idx], pad_id)
+        kw = {"token_type_ids": types.to(device)} if lay.token_types else {}
+        sp = torch.tensor([feats[i][2] for i in idx], device=device)
+        ep = torch.tensor([feats[i][3] for i in idx], device=device)
+        with autocast(device):  # training: the device's default precision
+            out = net(input_ids=ids.to(device), attention_mask=mask.to(device), start_positions=sp,
+                      end_positions=ep, **kw)
+        return out.loss.float()
+
+    info = train_loop(model, batches, loss, spec.train, spec.seed, device, tokens=lambda i: lengths[i],
+                      progress=progress, desc="train qa")
+    info.pop("best_val")
+    info["train_features"] = len(feats)
+    return info
 
 
 def finetuned(spec, base: Loaded, mkey: str, device: torch.device, progress: bool) -> tuple[Path, dict[str, Any]]:
@@ -634,23 +615,16 @@ def finetuned(spec, base: Loaded, mkey: str, device: torch.device, progress: boo
     feats = train_features(items, lay, special_tokens(tok, pair=True), cfg.train_seq_len, cfg.train_overlap)
     seed_everything(spec.seed)  # the QA head is initialised from it
     model = AutoModelForQuestionAnswering.from_pretrained(base.path, attn_implementation=base.attn_implementation)
-    if spec.train.finetune == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(task_type="QUESTION_ANS", r=spec.train.lora_r,
-                                                 lora_alpha=spec.train.lora_alpha,
-                                                 lora_dropout=spec.train.lora_dropout,
-                                                 target_modules=list(spec.train.lora_target_modules)))
+    steps = optimizer_steps(ceil_div(len(feats), spec.train.batch_size), spec.train)
+    model = peft_inside(model, spec.train, steps, longest_input=max(len(f[0]) for f in feats))
     model.to(device)
     trainable, total = n_params(model, trainable=True), n_params(model)
     info = fit_qa(model, feats, spec, lay, tok.pad_token_id, device, progress)
-    if spec.train.finetune == "lora":
-        model = model.merge_and_unload()  # plain weights: inference costs the same as full fine-tuning
     info.update(counts, trainable_params=trainable, total_params=total, finetune=spec.train.finetune,
                 train_key=key, base_model=spec.model)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
     try:
-        model.to("cpu").save_pretrained(tmp)
+        save_finetuned(model.to("cpu"), tmp)  # lora/adalora/ia3 merged: inference costs what full fine-tuning's does
         tok.save_pretrained(tmp)
         (tmp / "train_info.json").write_text(json.dumps(info, indent=1, default=str))
         os.replace(tmp, folder)  # a concurrent trainer may have won: keep its folder

@@ -187,15 +187,23 @@ def test_identical_training_inputs_train_once(ran):
 # ---------------------------------------------------------------- modes
 
 
-@pytest.mark.parametrize("extra", [["mode=probe", "train.epochs=3"], ["train.finetune=lora"]])
-def test_probe_and_lora_modes(tiny_model, inline, tmp_path, cache_env, extra):
+@pytest.mark.parametrize("extra", [["mode=probe", "train.epochs=3"]] + [
+    [f"train.finetune={k}", "train.prefix_tokens=4", "train.lora_r=2", "train.adalora_init_r=4"]
+    for k in ("full", "lora", "adalora", "prefix", "ia3")], ids=["probe", "full", "lora", "adalora", "prefix", "ia3"])
+def test_probe_and_every_finetune_kind(tiny_model, inline, tmp_path, cache_env, extra):
     sweep = sweep_for(tiny_model, "strategies=[head, {name: sliding, pool: max}, {name: hierarchical, pool: max}]",
                       *extra)
     summary = run(sweep, tmp_path / "results")
     assert summary.ok, summary.failed
     runs = read_jsonl(tmp_path / "results" / "ner" / "runs.jsonl")
+    kind = runs[0]["spec"]["train"]["finetune"] if runs[0]["spec"]["mode"] == "finetune" else "probe"
     for r in runs:
-        assert r["measurements"]["trainable_params"] < r["measurements"]["total_params"]
+        m = r["measurements"]
+        if kind == "full":
+            assert m["trainable_params"] > m["total_params"] * 0.9  # the whole encoder trains
+        else:  # probe: the head alone; a peft kind: adapters and head, never silently the whole encoder
+            assert 0 < m["trainable_params"] < m["total_params"] / 5, (kind, m["trainable_params"])
+        assert m["optimizer_steps"] > 0 and m["train_tokens_seen"] > 0
         assert 0.0 <= r["metrics"]["f1"] <= 1.0
 
 

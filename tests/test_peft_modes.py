@@ -10,8 +10,9 @@ from transformers import BertConfig, BertModel
 
 from ctxbench.bench.config import Train, load_sweep
 from ctxbench.tasks.model.encoder import n_params, pool_hidden
-from ctxbench.tasks.model.peft import (KINDS, adalora_schedule, apply_peft, optimizer_steps, orthogonal_penalty,
-                                       prefix_positions)
+from ctxbench.tasks.model.peft import (KINDS, adalora_schedule, apply_peft, attach_saved, orthogonal_penalty,
+                                       peft_inside, prefix_positions, save_finetuned)
+from ctxbench.tasks.model.train import fit, optimizer_steps
 from ctxbench.bench.results import read_jsonl
 from ctxbench.bench.run.runner import run_sweep
 from ctxbench.strategies import ConfigError
@@ -134,19 +135,88 @@ def test_adalora_refuses_a_schedule_with_no_allocation_phase():
         apply_peft(tiny_bert(), Train(finetune="adalora"), total_steps=1)  # e.g. one epoch of one batch
 
 
-def test_lora_targets_not_in_the_model_name_the_architecture_default():
-    with pytest.raises(ConfigError, match=r"q_proj"):
-        from transformers import LlamaConfig, LlamaModel
+def test_lora_targets_default_to_the_family_and_wrong_ones_name_the_family_default():
+    from transformers import LlamaConfig, LlamaModel
 
+    llama = LlamaModel(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2))
+    model = apply_peft(llama, Train(finetune="lora"), 10)  # unset: Llama's q_proj, v_proj
+    adapted = {n.split(".lora_A")[0].split(".")[-1] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert adapted == {"q_proj", "v_proj"}
+    with pytest.raises(ConfigError, match=r"q_proj"):
         llama = LlamaModel(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                        num_attention_heads=2, num_key_value_heads=2))
-        apply_peft(llama, Train(finetune="lora"), 10)
+        apply_peft(llama, Train(finetune="lora", lora_target_modules=("query", "value")), 10)
 
 
 def test_optimizer_steps_counts_fit_steps():
     t = Train(epochs=3, batch_size=8, grad_accum=2)
-    assert optimizer_steps(40, t) == 3 * 3  # 5 batches -> 3 steps (the last one partial)
+    assert optimizer_steps(5, t) == 3 * 3  # 5 batches -> 3 steps per epoch (the last one partial)
     assert optimizer_steps(1, dataclasses.replace(t, grad_accum=1)) == 3
+    assert optimizer_steps(5, dataclasses.replace(t, steps=7)) == 7  # equal steps for every strategy
+
+
+def _qa_batches(n, bs=2):
+    return lambda gen: [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_peft_inside_a_head_model_trains_the_head_keeps_the_base_and_round_trips(kind, tmp_path):
+    """QA's path: the kind wraps the encoder inside BertForQuestionAnswering; the shared fit loop
+    trains it; save_finetuned + from_pretrained + attach_saved give back the same model."""
+    from transformers import AutoModelForQuestionAnswering, BertForQuestionAnswering
+
+    cfg = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(cfg)
+    full = n_params(model, trainable=True)
+    base = {k: v.detach().clone() for k, v in model.bert.state_dict().items()}
+    head = model.qa_outputs.weight.detach().clone()
+    train = Train(finetune=kind, lora_r=2, adalora_init_r=4, prefix_tokens=4, epochs=3, batch_size=2, lr=1e-2,
+                  warmup_ratio=0.0)
+    model = peft_inside(model, train, optimizer_steps(2, train), longest_input=20)
+    trainable = n_params(model, trainable=True)
+    assert (trainable == full) if kind == "full" else (0 < trainable < full / 5)
+    torch.manual_seed(1)
+    ids = torch.randint(5, 200, (4, 20))
+    sp, ep = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
+
+    def loss(net, idx):
+        return net(input_ids=ids[idx], attention_mask=torch.ones_like(ids[idx]), start_positions=sp[idx],
+                   end_positions=ep[idx]).loss
+
+    info = fit(model, _qa_batches(4), loss, train, 0, torch.device("cpu"))
+    assert info["optimizer_steps"] == info["planned_steps"] == 6 and info["train_loss_last"] < info["train_loss_first"]
+    assert not torch.equal(model.qa_outputs.weight, head)  # the task head trains under every kind
+    inner = model.bert.get_base_model() if kind != "full" else model.bert
+    moved = [k for k, v in inner.state_dict().items() if k in base and not torch.equal(v, base[k])]
+    assert bool(moved) == (kind == "full"), moved  # frozen means frozen
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=torch.ones_like(ids)).start_logits
+    save_finetuned(model, tmp_path)
+    again = attach_saved(AutoModelForQuestionAnswering.from_pretrained(tmp_path), tmp_path).eval()
+    with torch.no_grad():
+        got = again(input_ids=ids, attention_mask=torch.ones_like(ids)).start_logits
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_fit_with_equal_steps_stops_at_the_step_budget_and_scores_the_last_weights():
+    model = torch.nn.Linear(4, 2)
+    x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
+    calls = []
+
+    def evaluate(m):
+        calls.append(1)
+        return float(len(calls))
+
+    train = Train(epochs=100, batch_size=3, steps=5, patience=1, warmup_ratio=0.0)
+    info = fit(model, lambda g: [list(range(i, min(i + 3, 10))) for i in range(0, 10, 3)],
+               lambda net, idx: F.cross_entropy(net(x[idx]), y[idx]), train, 0, torch.device("cpu"),
+               evaluate=evaluate, tokens=lambda i: 4)
+    assert info["optimizer_steps"] == 5 and info["epochs_run"] == 2  # 4 batches an epoch: 4 + 1
+    assert info["train_examples_seen"] == 13 and info["train_tokens_seen"] == 52
 
 
 @pytest.mark.parametrize("kind", PEFT)

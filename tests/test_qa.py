@@ -273,14 +273,26 @@ def test_grid_on_a_tiny_model(tiny_model, tmp_path, cache_env):
     assert again.ran == 0 and again.skipped == 10
 
 
-def test_lora_and_refusals(tiny_model, tmp_path, cache_env):
+@pytest.mark.parametrize("kind", ["lora", "adalora", "prefix", "ia3"])
+def test_every_peft_kind_trains_adapters_and_head_only(tiny_model, tmp_path, cache_env, kind):
     test = squad_json(tmp_path / "test.json", 2, 1)
     train = squad_json(tmp_path / "train.json", 2, 2)
-    ok = run(qa_sweep(tiny_model, test, train, "train.finetune=lora", "strategies=[head]", "budgets=[16]"),
-             tmp_path / "lora")
-    assert ok.ok
-    r = read_jsonl(tmp_path / "lora" / "qa" / "runs.jsonl")[0]
-    assert 0 < r["measurements"]["trainable_params"] < r["measurements"]["total_params"] / 5
+    ok = run(qa_sweep(tiny_model, test, train, f"train.finetune={kind}", "strategies=[head, sliding]",
+                      "budgets=[16]", "train.prefix_tokens=4", "train.lora_r=2", "train.adalora_init_r=4",
+                      "train.epochs=3", "train.batch_size=2"), tmp_path / kind)
+    assert ok.ok, ok.failed
+    runs = read_jsonl(tmp_path / kind / "qa" / "runs.jsonl")
+    for r in runs:
+        m = r["measurements"]
+        assert r["spec"]["train"]["finetune"] == r["info"]["train"]["finetune"] == kind
+        assert 0 < m["trainable_params"] < m["total_params"] / 5, m["trainable_params"]
+        assert m["optimizer_steps"] == m["planned_steps"] > 0
+    assert len({r["info"]["model_folder"] for r in runs}) == 1  # trained once, loaded back for every cell
+
+
+def test_refusals(tiny_model, tmp_path, cache_env):
+    test = squad_json(tmp_path / "test.json", 2, 1)
+    train = squad_json(tmp_path / "train.json", 2, 2)
     bad = run(qa_sweep(tiny_model, test, train, "strategies=[head]", "budgets=[100]"), tmp_path / "bad")
     assert not bad.ok and "lower the budget" in bad.failed[0][2]
     probe = run(qa_sweep(tiny_model, test, train, "strategies=[head]", "budgets=[16]", "mode=probe"), tmp_path / "p")

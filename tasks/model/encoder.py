@@ -19,7 +19,9 @@ import torch.nn as nn
 from ctxbench.strategies import ConfigError, Window
 
 from ctxbench.tasks.cache import content_hash, file_hash
+from ctxbench.tasks.model.families import usable_positions
 from ctxbench.tasks.model.packaged import resolve_model
+from ctxbench.tasks.model.peft import attach_saved
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -39,12 +41,13 @@ class Loaded:
 
 
 def max_positions(tokenizer, config) -> int:
-    """Usable positions: the config's, capped by the tokenizer's (RoBERTa has 514 = 512 + offset)."""
-    cfg = getattr(config, "max_position_embeddings", None) or 512
+    """Usable positions: the model family's (tasks/model/families.py: RoBERTa's 514 are 512 usable),
+    capped by the tokenizer's ``model_max_length`` where it sets a real one."""
+    usable = usable_positions(config)
     tok = getattr(tokenizer, "model_max_length", None)
     if tok and tok < 1_000_000:
-        return min(cfg, tok)
-    return cfg
+        return min(usable, tok)
+    return usable
 
 
 def load_encoder(name: str, device: torch.device, auto_class: str = "AutoModel", **kwargs) -> Loaded:
@@ -66,6 +69,7 @@ def load_encoder(name: str, device: torch.device, auto_class: str = "AutoModel",
         attn = "eager"
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    model = attach_saved(model, path)  # a fine-tuned folder with a prefix adapter (tasks/model/peft.py)
     model.to(device)
     attn = getattr(model.config, "_attn_implementation", attn) or attn
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")

@@ -30,12 +30,11 @@ import torch.nn as nn
 from ctxbench.strategies import ConfigError
 
 from ctxbench.tasks.cache import cache_dir, content_hash, file_hash
+from ctxbench.tasks.model.families import position_offset
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR = "smollm2-135m"
 EXTEND_VERSION = 1  # bump when extend_positions changes what it writes
-# model types whose position ids start after the padding index (RoBERTa: 514 = 2 + 512)
-_OFFSET_TYPES = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
 
 
 # ---------------------------------------------------------------- atomic folders
@@ -147,7 +146,7 @@ def extend_positions(model: nn.Module, new_max: int, tokenizer=None) -> nn.Modul
     cfg = model.config
     emb = _embeddings(model)
     old_table = emb.position_embeddings.weight  # (offset + old, d)
-    offset = _OFFSET_TYPES.get(cfg.model_type, 0)
+    offset = position_offset(cfg)  # RoBERTa: 514 = 2 + 512
     old = old_table.shape[0] - offset
     if new_max <= old:
         raise ConfigError(f"extend_positions: new_max={new_max} must exceed the model's {old} positions")

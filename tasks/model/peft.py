@@ -35,9 +35,15 @@ import torch.nn as nn
 
 from ctxbench.strategies import ConfigError
 
-from ctxbench.tasks.model.longmodel import _OFFSET_TYPES
+from ctxbench.tasks.model.families import default_lora_targets, usable_positions
 
 KINDS = ("full", "lora", "adalora", "prefix", "ia3")
+
+
+def lora_targets(encoder: nn.Module, train) -> list[str]:
+    """``train.lora_target_modules``, or the family's default (tasks/model/families.py) when unset."""
+    given = getattr(train, "lora_target_modules", None)
+    return list(given) if given else list(default_lora_targets(encoder.config))
 
 
 def _lora(encoder: nn.Module, train, total_steps: int):
@@ -45,7 +51,7 @@ def _lora(encoder: nn.Module, train, total_steps: int):
 
     # no task_type: the same wrapper (and trainable parameters) as before this module existed
     return LoraConfig(r=train.lora_r, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout,
-                      target_modules=list(train.lora_target_modules))
+                      target_modules=lora_targets(encoder, train))
 
 
 def _adalora(encoder: nn.Module, train, total_steps: int):
@@ -59,7 +65,7 @@ def _adalora(encoder: nn.Module, train, total_steps: int):
             f"adalora_tinit={train.adalora_tinit} and adalora_tfinal={train.adalora_tfinal} of them "
             f"(tinit={tinit}, tfinal={tfinal}); train longer or lower the fractions")
     return AdaLoraConfig(init_r=train.adalora_init_r, target_r=train.lora_r, lora_alpha=train.lora_alpha,
-                         lora_dropout=train.lora_dropout, target_modules=list(train.lora_target_modules),
+                         lora_dropout=train.lora_dropout, target_modules=lora_targets(encoder, train),
                          total_step=total_steps, tinit=tinit, tfinal=tfinal, deltaT=1)
 
 
@@ -104,7 +110,7 @@ def apply_peft(encoder: nn.Module, train, total_steps: int, longest_input: int |
     cost = prefix_positions(encoder, train)
     if cost and longest_input is not None:
         cfg = encoder.config
-        table = cfg.max_position_embeddings - _OFFSET_TYPES.get(cfg.model_type, 0)
+        table = usable_positions(cfg)
         if longest_input + cost > table:
             raise ConfigError(
                 f"train.finetune=prefix: peft places the {cost} prefix tokens before the input, so an input of "
@@ -118,18 +124,59 @@ def apply_peft(encoder: nn.Module, train, total_steps: int, longest_input: int |
     except ValueError as e:
         if "target modules" not in str(e).lower() and "target_modules" not in str(e).lower():
             raise
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LORA
-
-        hint = LORA.get(encoder.config.model_type)
+        try:
+            hint = list(default_lora_targets(encoder.config))
+        except ConfigError:
+            hint = None
         raise ConfigError(f"train.finetune={kind}: {e}" + (
-            f" For {encoder.config.model_type} models peft's default LoRA targets are {hint}: set "
-            f"train.lora_target_modules={hint}." if hint else "")) from None
+            f" For {encoder.config.model_type} models the default targets are {hint}: set "
+            f"train.lora_target_modules={hint} or leave it unset." if hint else "")) from None
 
 
-def optimizer_steps(n_groups: int, train) -> int:
-    """Optimizer steps of ``fit`` (tasks/clf.py) over ``n_groups`` training groups for every epoch."""
-    batches = -(-n_groups // train.batch_size)
-    return train.epochs * max(1, -(-batches // train.grad_accum))
+def peft_inside(model: nn.Module, train, total_steps: int, longest_input: int | None = None) -> nn.Module:
+    """``apply_peft`` on the encoder inside a transformers head model (``model.<base_model_prefix>``,
+    e.g. ``BertForQuestionAnswering.bert``): the task head outside it stays trainable, as with the
+    task heads of clf and NER."""
+    name = model.base_model_prefix
+    setattr(model, name, apply_peft(getattr(model, name), train, total_steps, longest_input))
+    return model
+
+
+ADAPTER = "prefix_adapter"  # where save_finetuned keeps a prefix it cannot merge
+
+
+def save_finetuned(model: nn.Module, folder) -> None:
+    """Save a model trained through ``peft_inside`` as plain weights: LoRA, AdaLoRA and IA3 merged
+    into them (inference then costs what full fine-tuning's does); a prefix, which cannot be merged,
+    kept beside the unchanged base weights in ``folder/prefix_adapter`` for ``attach_saved``."""
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    name = model.base_model_prefix
+    inner = getattr(model, name)
+    if isinstance(inner, PeftModel):
+        if inner.peft_config[inner.active_adapter].is_prompt_learning:
+            inner.save_pretrained(str(Path(folder) / ADAPTER))
+            setattr(model, name, inner.get_base_model())
+        else:
+            setattr(model, name, inner.merge_and_unload())
+    model.save_pretrained(folder)
+
+
+def attach_saved(model: nn.Module, folder) -> nn.Module:
+    """The inverse of ``save_finetuned`` for a prefix: wrap the encoder with the saved adapter (inference
+    only); any other folder is returned as loaded."""
+    from pathlib import Path
+
+    adapter = Path(folder) / ADAPTER
+    if not adapter.is_dir():
+        return model
+    from peft import PeftModel
+
+    name = model.base_model_prefix
+    setattr(model, name, PeftModel.from_pretrained(getattr(model, name), str(adapter)))
+    return model
 
 
 @contextlib.contextmanager
@@ -186,4 +233,5 @@ def orthogonal_penalty(tuner) -> torch.Tensor:
     return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
-__all__ = ["KINDS", "apply_peft", "adalora_schedule", "optimizer_steps", "orthogonal_penalty", "prefix_positions"]
+__all__ = ["KINDS", "apply_peft", "adalora_schedule", "attach_saved", "lora_targets", "orthogonal_penalty",
+           "peft_inside", "prefix_positions", "save_finetuned"]
