@@ -612,7 +612,9 @@ def finetuned(spec, base: Loaded, mkey: str, device: torch.device, progress: boo
     if not items:
         raise ConfigError(f"no usable training questions in qa.train_source={list(spec.settings.train_source)}")
     cfg = spec.settings
-    feats = train_features(items, lay, special_tokens(tok, pair=True), cfg.train_seq_len, cfg.train_overlap)
+    # training windows never run past the model's usable positions (tasks/model/families.py)
+    seq_len = min(cfg.train_seq_len, base.max_positions)
+    feats = train_features(items, lay, special_tokens(tok, pair=True), seq_len, cfg.train_overlap)
     seed_everything(spec.seed)  # the QA head is initialised from it
     model = AutoModelForQuestionAnswering.from_pretrained(base.path, attn_implementation=base.attn_implementation)
     steps = optimizer_steps(ceil_div(len(feats), spec.train.batch_size), spec.train)
@@ -620,7 +622,8 @@ def finetuned(spec, base: Loaded, mkey: str, device: torch.device, progress: boo
     model.to(device)
     trainable, total = n_params(model, trainable=True), n_params(model)
     info = fit_qa(model, feats, spec, lay, tok.pad_token_id, device, progress)
-    info.update(counts, trainable_params=trainable, total_params=total, finetune=spec.train.finetune,
+    info.update(counts, train_seq_len_used=seq_len, trainable_params=trainable, total_params=total,
+                finetune=spec.train.finetune,
                 train_key=key, base_model=spec.model)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
     try:

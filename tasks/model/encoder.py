@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -141,7 +142,8 @@ class Template:
         return [*self.pair_prefix, *a, *self.pair_middle, *b, *self.pair_suffix]
 
 
-_TEMPLATES: dict[int, Template] = {}
+# per tokenizer object, dropped with it (an id() key could be reused by a later tokenizer)
+_TEMPLATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _locate(full: list[int], part: list[int], start: int = 0) -> int:
@@ -152,7 +154,7 @@ def _locate(full: list[int], part: list[int], start: int = 0) -> int:
 
 
 def template(tokenizer) -> Template:
-    key = id(tokenizer)
+    key = tokenizer
     if key not in _TEMPLATES:
         a = tokenizer("hello", add_special_tokens=False)["input_ids"]
         b = tokenizer("world", add_special_tokens=False)["input_ids"]
