@@ -144,7 +144,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctxbench", description=__doc__)
-    p.add_argument("--results", default=os.environ.get("CTXBENCH_RESULTS", "results"),
+    p.add_argument("--results", default="results",
                    help="results folder (default: results)")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="run a sweep and print its leaderboard")

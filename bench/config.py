@@ -8,6 +8,7 @@ is what the spec, the run_id and the tables hold.
 from __future__ import annotations
 
 import dataclasses
+from importlib import resources
 import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ import ctxbench.strategies as strategies
 from ctxbench.strategies import ConfigError
 from ctxbench.tasks import get_task
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+# the packaged sweep YAMLs (package data: found in a checkout and in an installed wheel alike)
+CONFIG_DIR = Path(str(resources.files("ctxbench.bench") / "configs"))
 MODES = ("probe", "finetune")
 
 

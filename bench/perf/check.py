@@ -32,11 +32,12 @@ import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 PERF_ROOT = Path("results") / "perf"
-SUITE = Path(__file__).resolve().parent  # the installed suite (bench/perf), found without a checkout
+SUITE = Path(str(resources.files("ctxbench.bench.perf")))  # the installed suite, found without a checkout
 THRESHOLDS = SUITE / "thresholds.json"
 
 

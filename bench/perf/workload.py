@@ -41,8 +41,6 @@ import ctxbench.strategies as strategies
 from ctxbench.tasks.model.flops import forward_flops, train_step_flops
 from ctxbench.tasks.model.encoder import Loaded, build_input, encode, load_encoder, max_positions, sync, usable_budget
 
-REPO = Path(__file__).resolve().parents[2]
-
 # The suite's strategies: the sweep's defaults, with the window caps lowered so a 2-core CPU
 # runs the whole suite in a few minutes. (name, params)
 STRATEGIES: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = (
@@ -311,11 +309,8 @@ def _mp_context() -> Any:
     if _CONTEXT is None:
         import multiprocessing as mp
 
-        # the forkserver is a fresh interpreter: it must find the repo on its own path (Python 3.11
-        # does not pass sys.path to the preload), and tokenizers must not start threads before forking
-        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        if str(REPO) not in paths:
-            os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
+        # the forkserver is a fresh interpreter of this venv: it finds the installed ctxbench itself;
+        # tokenizers must not start threads before forking
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
             ctx = mp.get_context("forkserver")

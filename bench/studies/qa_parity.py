@@ -126,7 +126,7 @@ class Peer:
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
         self.proc = subprocess.Popen([sys.executable, "-m", "ctxbench.bench.studies.qa_parity", "--worker"],
                                      stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env, cwd=str(Path(__file__).parent.parent))
+                                     stdout=subprocess.PIPE, text=True, env=env)
         self.info = self.ask({"cmd": "load", "model": model, "threads": threads, "device": device})
 
     def ask(self, msg: dict) -> dict:
@@ -503,7 +503,7 @@ def stride_study(args) -> list[dict[str, Any]]:
                                 "--device", args.device,
                                 "--profile", args.profile] + (["--model-folder", args.model_folder]
                                                               if args.model_folder else []),
-                               capture_output=True, text=True, cwd=str(Path(__file__).parent.parent))
+                               capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"stride cell {cell} failed:\n{r.stderr[-3000:]}")
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))

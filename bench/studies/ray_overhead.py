@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # single-machine Ray: binds 127.0.0.1 only
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,8 @@ from typing import Iterator
 import torch
 
 PACKAGES = ("torch", "transformers", "datasets", "peft", "pandas", "numpy", "tabulate", "ctxbench")
-REPO = Path(__file__).resolve().parent.parent
+# the checkout ctxbench runs from, if it runs from one (an editable install); an installed wheel has none
+SOURCE = Path(__file__).resolve().parents[2]
 
 
 def peak_rss_mb() -> float:
@@ -59,10 +60,23 @@ def median_time(fn, repeats: int = 5, warmup: int = 1, device: torch.device | No
     return statistics.median(times)
 
 
+def checkout() -> Path | None:
+    """ctxbench's own git checkout, or None when it runs from an installed wheel (a venv inside some
+    other repository must not lend that repository's commit)."""
+    if not ((SOURCE / "pyproject.toml").is_file() and (SOURCE / ".git").exists() and (SOURCE / "tasks").is_dir()):
+        return None
+    return SOURCE
+
+
 def git_info() -> dict:
+    """The commit and dirtiness of ctxbench's checkout; None for both when there is no checkout."""
+    repo = checkout()
+    if repo is None:
+        return {"git_sha": None, "git_dirty": None}
+
     def run(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
