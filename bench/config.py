@@ -19,6 +19,8 @@ import yaml
 import ctxbench.strategies as strategies
 from ctxbench.strategies import ConfigError
 from ctxbench.tasks import get_task
+from ctxbench.tasks.model.encoder import PRECISIONS
+from ctxbench.tasks.model.peft import KINDS
 
 # the packaged sweep YAMLs (package data: found in a checkout and in an installed wheel alike)
 CONFIG_DIR = Path(str(resources.files("ctxbench.bench") / "configs"))
@@ -354,15 +356,13 @@ def validate(sweep: Sweep) -> None:
         raise ConfigError(f"pooler must be 'mean' or 'cls', got {sweep.pooler!r}")
     if sweep.empty_docs not in ("keep", "error"):
         raise ConfigError(f"empty_docs must be 'keep' or 'error', got {sweep.empty_docs!r}")
-    precisions = ("auto", "float32", "bfloat16")  # bench/model.py PRECISIONS
-    if sweep.precision not in precisions:
-        raise ConfigError(f"precision must be one of {precisions}, got {sweep.precision!r}")
+    if sweep.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {sweep.precision!r}")
     if sweep.train.optimizer not in ("adamw", "lbfgs"):
         raise ConfigError(f"train.optimizer must be 'adamw' or 'lbfgs', got {sweep.train.optimizer!r}")
     t = sweep.train
-    kinds = ("full", "lora", "adalora", "prefix", "ia3")  # bench/peft_modes.py KINDS (a test keeps them equal)
-    if t.finetune not in kinds:
-        raise ConfigError(f"train.finetune must be one of {', '.join(kinds)}, got {t.finetune!r}")
+    if t.finetune not in KINDS:
+        raise ConfigError(f"train.finetune must be one of {', '.join(KINDS)}, got {t.finetune!r}")
     if t.lora_r < 1:
         raise ConfigError(f"train.lora_r must be >= 1, got {t.lora_r}")
     if t.finetune == "adalora" and t.adalora_init_r < t.lora_r:

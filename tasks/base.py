@@ -49,7 +49,7 @@ def cost_measures(input_lengths: Sequence[Sequence[int]], doc_tokens: Sequence[i
     length (special and question tokens included, padding not) of each model input document d
     made; ``head_tokens[d]``: what ``head`` at the same budget would feed; ``seen_tokens[d]``:
     distinct document tokens its windows covered. With the model ``config``, ``model_flops`` is
-    the forward FLOPs of those real tokens (bench/flops.py): the runner turns it into a share of
+    the forward FLOPs of those real tokens (tasks/model/flops.py): the runner turns it into a share of
     the device's measured matmul peak ("utilisation")."""
     tokens = np.array([sum(x) for x in input_lengths], dtype=float)
     total = float(np.sum(per_doc_s))

@@ -516,7 +516,7 @@ class NERSettings:
         valid = ("auto", "max_context", "mean", "longest_entity")  # tasks/ner.py STITCH_CHOICES + auto
         if self.stitch not in valid:
             raise ConfigError(f"ner.stitch must be one of {valid}, got {self.stitch!r}")
-        if self.empty_words not in ("unk", "drop"):  # tasks/ner_data.py EMPTY_WORDS
+        if self.empty_words not in ("unk", "drop"):  # tasks/data/ner_data.py EMPTY_WORDS
             raise ConfigError(f"ner.empty_words must be 'unk' or 'drop', got {self.empty_words!r}")
 
 

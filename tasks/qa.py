@@ -49,7 +49,7 @@ Folding window outputs into one answer (``qa.fold``; ``auto`` picks per strategy
 * ``pipeline_softmax``: the rule of Hugging Face's question-answering pipeline
   (per window, softmax of start and end logits over CLS + context, span score
   p_start * p_end; equal lower-cased answer texts from several windows add
-  their scores); ``bench/qa_parity.py`` uses it to explain differences.
+  their scores); ``bench/studies/qa_parity.py`` uses it to explain differences.
 
 Answers map back to characters of the original context through the offsets
 (multi-byte text round-trips). An answer is *reachable* when its token span

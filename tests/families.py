@@ -53,7 +53,8 @@ def _llama_tokenizer():
     tk.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     bos = tk.token_to_id("<s>")
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", bos)])
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1",
+                                                      special_tokens=[("<s>", bos)])
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    model_max_length=POSITIONS)
 
@@ -79,14 +80,16 @@ def build(family: str, folder: Path) -> str:
         tok = _wordpiece()
         ids = dict(pad_token_id=tok.pad_token_id)
         if family == "bert":
-            cfg, model = T.BertConfig(vocab_size=tok.vocab_size, max_position_embeddings=POSITIONS, **small), T.BertModel
+            cfg = T.BertConfig(vocab_size=tok.vocab_size, max_position_embeddings=POSITIONS, **small)
+            model = T.BertModel
         elif family == "distilbert":
             cfg = T.DistilBertConfig(vocab_size=tok.vocab_size, max_position_embeddings=POSITIONS, dim=32, n_layers=2,
                                      n_heads=2, hidden_dim=64, **ids)
             model = T.DistilBertModel
         elif family == "deberta-v2":
-            cfg = T.DebertaV2Config(vocab_size=tok.vocab_size, max_position_embeddings=POSITIONS, relative_attention=True,
-                                    pos_att_type=["p2c", "c2p"], position_biased_input=False, **ids, **small)
+            cfg = T.DebertaV2Config(vocab_size=tok.vocab_size, max_position_embeddings=POSITIONS,
+                                    relative_attention=True, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                                    **ids, **small)
             model = T.DebertaV2Model
         elif family == "modernbert":
             cfg = T.ModernBertConfig(vocab_size=tok.vocab_size, max_position_embeddings=POSITIONS, local_attention=16,

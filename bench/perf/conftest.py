@@ -144,6 +144,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
              for r in sess.rows]
     tr.write_line(tabulate(table, headers=headers, tablefmt="github"))
     tr.write_line("utilisation = model FLOPs of the real tokens / median time / the matmul rate measured right "
-                  "before each round (bench/flops.py); padding waste = 1 - real / padded tokens")
+                  "before each round (tasks/model/flops.py); padding waste = 1 - real / padded tokens")
     if sess.rows:
         tr.write_line(f"median utilisation {statistics.median(r['utilisation'] for r in sess.rows):.1%}")

@@ -104,7 +104,7 @@ def determinism_record() -> dict[str, Any]:
 def matmul_rate(device: torch.device, precision: str = "auto") -> float:
     """The device's matmul rate (GFLOP/s, median of 5 after a warm-up, in the dtype the model runs in),
     measured right after each cell: on a shared machine the rate moves, so each run's "utilisation"
-    divides by a rate taken next to it, in the same process (bench/flops.py)."""
+    divides by a rate taken next to it, in the same process (tasks/model/flops.py)."""
     return Calibrator(device, compute_dtype(device, precision)).measure(samples=5, warmup=1)
 
 

@@ -107,7 +107,7 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
     (CPU peak RSS is then that cell's; a child killed by the OS is an oom run).
     ``oom_retries``: halve the batch sizes and retry an OOM cell up to this many times.
     ``deterministic``: ask torch for deterministic kernels (see README, Determinism).
-    ``executor``: where cells run (bench/executors.py; default: in this process, one by one);
+    ``executor``: where cells run (bench/run/executors.py; default: in this process, one by one);
     whatever runs them, this process alone records them, as each one finishes."""
     if not isinstance(oom_retries, int) or oom_retries < 0:
         raise ConfigError(f"oom_retries must be an integer >= 0, got {oom_retries!r}")

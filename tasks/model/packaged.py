@@ -61,7 +61,7 @@ def offline() -> bool:
 
 def resolve_model(name: str) -> str:
     """A packaged alias, a local folder, or a hub id (connected users); ``<any of those>@<n>``
-    is that model with its learned positions extended to ``n`` (bench/longmodel.py)."""
+    is that model with its learned positions extended to ``n`` (tasks/model/longmodel.py)."""
     if name in PACKAGED_MODELS:
         return PACKAGED_MODELS[name]()
     extended = parse_extended(name)
