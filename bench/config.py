@@ -101,6 +101,8 @@ class RunSpec:
     batch_size: int = 64  # inference windows per batch
     device: str = "auto"
     precision: str = "auto"  # inference: auto (bf16 autocast on CUDA, fp32 elsewhere) | float32 | bfloat16
+    cost_docs: int = 16  # the measured cost pass: test documents timed per (model, strategy, budget, ...) key
+    cost_repeats: int = 5  # timed passes after one warm-up; their median is the cost (0: no cost pass)
     settings: Any = None  # the task's own settings (its ``Settings`` dataclass; YAML key = the task's name)
 
     def __post_init__(self) -> None:  # a spec built in code gets its task's default settings
@@ -143,6 +145,8 @@ class Sweep:
     batch_size: int = 64
     device: str = "auto"
     precision: str = "auto"
+    cost_docs: int = 16
+    cost_repeats: int = 5
     settings: Any = None  # built from the YAML key named after the task (load_sweep)
 
     def cells(self) -> list[RunSpec]:
@@ -159,7 +163,7 @@ class Sweep:
         ]
 
 
-LATER_FIELDS = ("precision",)
+LATER_FIELDS = ("precision", "cost_docs", "cost_repeats")
 _DEFAULTS = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
              for f in fields(RunSpec) if f.name in LATER_FIELDS}
 
@@ -387,6 +391,9 @@ def _check_ranges(sweep: Sweep) -> None:
 
     at_least("batch_size", sweep.batch_size, 1)
     at_least("data_seed", sweep.data_seed, 0)
+    at_least("cost_docs", sweep.cost_docs, 1)
+    at_least("cost_repeats", sweep.cost_repeats, 0)
+    at_least("train.steps", sweep.train.steps, 1, none_ok=True)
     for s in sweep.seeds:
         at_least("seeds[]", s, 0)
     for split in ("train", "val", "test"):

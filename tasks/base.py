@@ -48,9 +48,11 @@ def cost_measures(input_lengths: Sequence[Sequence[int]], doc_tokens: Sequence[i
     """The cost fields every task records, one definition for all. ``input_lengths[d]``: the real
     length (special and question tokens included, padding not) of each model input document d
     made; ``head_tokens[d]``: what ``head`` at the same budget would feed; ``seen_tokens[d]``:
-    distinct document tokens its windows covered. With the model ``config``, ``model_flops`` is
-    the forward FLOPs of those real tokens (tasks/model/flops.py): the runner turns it into a share of
-    the device's measured matmul peak ("utilisation")."""
+    distinct document tokens its windows covered. ``per_doc_s`` are grid-pass times (in probe mode a
+    cached window's token share of the batch it was first encoded in): ``docs_per_s``, ``tokens_per_s``
+    and ``latency_p50_ms`` here are that estimate; the strategy's measured cost, FLOPs and utilisation
+    are the runner's cost pass (tasks/model/cost.py, ``measurements.cost``). ``config`` is unused (kept
+    for callers)."""
     tokens = np.array([sum(x) for x in input_lengths], dtype=float)
     total = float(np.sum(per_doc_s))
     docs = len(input_lengths)
@@ -67,11 +69,8 @@ def cost_measures(input_lengths: Sequence[Sequence[int]], doc_tokens: Sequence[i
         "compute_multiplier": float(tokens.sum() / max(1, float(np.sum(head_tokens)))),
         "coverage": float(np.sum(seen_tokens) / max(1, float(np.sum(doc_tokens)))),
         "inference_seconds": total,
+        "timing_kind": "grid estimate (token share of batch time); measured cost: measurements.cost",
     }
-    if config is not None and hasattr(config, "num_hidden_layers"):
-        from ctxbench.tasks.model.flops import forward_flops
-
-        out["model_flops"] = forward_flops(config, [L for x in input_lengths for L in x])
     return out
 
 
@@ -96,6 +95,7 @@ class CellResult:
     measurements: dict[str, Any]
     predictions: list[dict[str, Any]]
     info: dict[str, Any] = field(default_factory=dict)  # budget actually used, attention impl, dtype, counts
+    cost: Any = None  # a tasks.model.cost.CostProbe: the runner times the strategy alone on it
 
 
 @dataclass

@@ -26,6 +26,7 @@ from ctxbench.tasks.model.encoder import (
     ceil_div, model_key, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, usable_budget,
 )
 from ctxbench.tasks.cache import cache_dir, content_hash
+from ctxbench.tasks.model.cost import CostProbe, cost_sample
 from ctxbench.tasks.model.peft import apply_peft
 from ctxbench.tasks.model.train import capped, fit as train_loop, optimizer_steps
 from ctxbench.tasks.model.windows import WindowCache
@@ -430,7 +431,9 @@ class Classification:
                             span_cache_hits=len(set(keys)) - n_new, encoder_seconds_test=float(enc_per_doc.sum()),
                             timing="encoder: tokens-apportioned batch time when the window was encoded "
                                    "(span cache); head: measured now", **train_info)
-        return self.result(spec, enc, data, windows, budget, scores, measurements, head)
+        res = self.result(spec, enc, data, windows, budget, scores, measurements, head)
+        res.cost = self.cost_probe(spec, enc.model, enc.tokenizer, data, windows)
+        return res
 
     @staticmethod
     def _grid_keys(spec, ctx: Context, data: ClfData, enc: Loaded, budget: int, keys: list[tuple]) -> list[tuple]:
@@ -471,8 +474,25 @@ class Classification:
         measurements.update(predict_wall_s=wall, trainable_params=n_params(model, trainable=True),
                             total_params=n_params(model), timing="measured now (tokens-apportioned batch time)",
                             **train_info)
+        res = self.result(spec, enc, data, windows, budget, scores, measurements, head)
+        res.cost = self.cost_probe(spec, encoder.eval(), enc.tokenizer, data, windows)
         del model, encoder, fresh
-        return self.result(spec, enc, data, windows, budget, scores, measurements, head)
+        return res
+
+    @staticmethod
+    def cost_probe(spec, encoder: nn.Module, tokenizer, data: ClfData, windows) -> CostProbe:
+        """The strategy's model inputs for the cost sample, and the inference forward to time on them:
+        the encoder and pooling of every window (the head on pooled vectors, a few thousand FLOPs per
+        document, is not in it)."""
+        idx = cost_sample(len(data.ids["test"]), spec.cost_docs, spec.data_seed)
+        inputs = [[build_input(tokenizer, data.ids["test"][i], w) for w in windows["test"][i]] for i in idx]
+
+        def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+            return pool_hidden(encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float(), mask,
+                               spec.pooler)
+
+        return CostProbe(forward, inputs, tokenizer.pad_token_id,
+                         key=("clf", spec.model, spec.mode, spec.train.finetune, spec.pooler))
 
     # ------------------------------------------------------------ measurements and metrics
 

@@ -73,6 +73,7 @@ from ctxbench.tasks.model.encoder import (
     masked_reduce, model_key, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, template, usable_budget,
 )
 from ctxbench.tasks.cache import content_hash
+from ctxbench.tasks.model.cost import CostProbe, cost_sample
 from ctxbench.tasks.model.peft import apply_peft
 from ctxbench.tasks.model.train import capped, fit as train_loop, optimizer_steps
 from ctxbench.tasks.model.windows import WindowCache
@@ -638,8 +639,24 @@ class NER:
         frozen = n_params(p.enc.model) if spec.mode == "probe" else 0  # probe: the cached encoder's weights
         measurements.update(predict_wall_s=wall, trainable_params=n_params(model, trainable=True),
                             total_params=n_params(model) + frozen, **train_info, **extra)
+        res = self.result(spec, p, preds, seen, measurements)
+        res.cost = self.cost_probe(spec, p, p.enc.model if model.encoder is None else model.encoder)
         del model
-        return self.result(spec, p, preds, seen, measurements)
+        return res
+
+    @staticmethod
+    def cost_probe(spec, p: Prepared, encoder: nn.Module) -> CostProbe:
+        """The strategy's windows of the cost sample and the encoder forward to time on them (the token
+        head, one linear map per token, is not in it)."""
+        ids = p.data.ids["test"]
+        idx = cost_sample(len(ids), spec.cost_docs, spec.data_seed)
+        inputs = [[build_input(p.enc.tokenizer, ids[i], w) for w in p.windows["test"][i]] for i in idx]
+
+        def forward(x: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+            return encoder(input_ids=x, attention_mask=mask).last_hidden_state
+
+        return CostProbe(forward, inputs, p.enc.tokenizer.pad_token_id,
+                         key=("ner", spec.model, spec.mode, spec.train.finetune))
 
     def train(self, spec, ctx: Context, p: Prepared, model: TokenModel | None, item: Callable,
               head: TokenHead) -> tuple[TokenModel, dict[str, Any]]:

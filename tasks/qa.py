@@ -83,6 +83,7 @@ from ctxbench.tasks.model.encoder import (
     seed_everything, special_tokens, template, usable_budget, window_ids,
 )
 from ctxbench.tasks.cache import cache_dir, content_hash, file_hash
+from ctxbench.tasks.model.cost import CostProbe, cost_sample
 from ctxbench.tasks.model.peft import peft_inside, save_finetuned
 from ctxbench.tasks.model.train import fit as train_loop, optimizer_steps
 from ctxbench.tasks.model.windows import WindowCache
@@ -807,7 +808,23 @@ class ExtractiveQA:
                 "model_cache": model_cache, "train": {k: v for k, v in train_info.items()
                                                                        if not isinstance(v, (int, float))},
                 **data.counts}
-        return CellResult(metrics, measurements, preds, info)
+        return CellResult(metrics, measurements, preds, info,
+                          cost=self.cost_probe(spec, ft.model, lay, tok.pad_token_id, rows, windows))
+
+    @staticmethod
+    def cost_probe(spec, model: torch.nn.Module, lay: Layout, pad_id: int, rows: list[Item],
+                   windows: list[list[Window]]) -> CostProbe:
+        """The (question, window) inputs of the cost sample's questions and the QA model's forward."""
+        idx = cost_sample(len(rows), spec.cost_docs, spec.data_seed)
+        built = [[lay.pair(rows[i].q_ids, rows[i].c_ids, w) for w in windows[i]] for i in idx]
+
+        def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None):
+            o = model(input_ids=ids, attention_mask=mask, **({"token_type_ids": types} if lay.token_types else {}))
+            return o.start_logits
+
+        return CostProbe(forward, [[b[0] for b in doc] for doc in built], pad_id,
+                         key=("qa", spec.model, spec.train.finetune, lay.token_types),
+                         types=[[b[1] for b in doc] for doc in built])
 
     # ------------------------------------------------------------ metrics and measurements
 

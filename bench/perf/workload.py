@@ -38,7 +38,7 @@ import transformers  # noqa: F401  (preloaded in the forkserver)
 from transformers import AutoModel, AutoTokenizer  # noqa: F401  (preloaded in the forkserver)
 
 import ctxbench.strategies as strategies
-from ctxbench.tasks.model.flops import forward_flops, train_step_flops
+from ctxbench.tasks.model.flops import forward_flops
 from ctxbench.tasks.model.encoder import Loaded, build_input, encode, load_encoder, max_positions, sync, usable_budget
 
 # The suite's strategies: the sweep's defaults, with the window caps lowered so a 2-core CPU
@@ -171,7 +171,7 @@ def prepare(enc: Loaded, workload: Workload, cell: Cell, device: torch.device) -
             last["padded"] = out.padded_tokens
 
         lengths = [len(x) for x in inputs]
-        return Prepared(cell, budget, run, lengths, forward_flops(enc.model.config, lengths),
+        return Prepared(cell, budget, run, lengths, forward_flops(enc.model, lengths, device),
                         lambda: last["padded"], len(docs), len(inputs))
     if cell.kind == "finetune":
         return _prepare_finetune(enc, workload, cell, device, budget, docs, strategy)
@@ -214,7 +214,7 @@ def _prepare_finetune(enc: Loaded, workload: Workload, cell: Cell, device: torch
 
     lengths = [len(x) for x in picked]
     width = len(lengths) * max(lengths)
-    return Prepared(cell, budget, run, lengths, train_step_flops(enc.model.config, lengths), lambda: width,
+    return Prepared(cell, budget, run, lengths, forward_flops(encoder, lengths, device, backward=True), lambda: width,
                     len(docs), len(picked))
 
 

@@ -15,8 +15,7 @@ from ctxbench.bench.results import SCHEMA_VERSION, run_id
 from ctxbench.bench.run.attempt import attempt
 from ctxbench.bench.run.isolate import run_isolated
 from ctxbench.tasks import Context
-from ctxbench.tasks.model.encoder import compute_dtype, compute_dtype_name
-from ctxbench.tasks.model.flops import Calibrator, utilisation
+from ctxbench.tasks.model.encoder import compute_dtype_name
 
 
 def spec_record(spec: RunSpec, task) -> dict[str, Any]:
@@ -76,10 +75,6 @@ def run_cell(spec: RunSpec, ctx: Context, task, env: dict[str, Any], oom_retries
     res = out.result
     measurements = {**res.measurements, **out.memory, "wall_s": out.wall_s,
                     "compute_dtype": compute_dtype_name(ctx.device, spec.precision)}
-    if "model_flops" in measurements:  # real-token FLOPs per second as a share of the matmul rate measured now
-        peak = matmul_rate(ctx.device, spec.precision)
-        measurements.update(matmul_gflops=peak, utilisation=utilisation(
-            measurements["model_flops"], measurements.get("inference_seconds", 0.0), peak))
     return {**base, "status": "ok", "budget": res.info.get("budget", spec.budget), "metrics": res.metrics,
             "measurements": measurements, "info": res.info}, res.predictions
 
@@ -101,13 +96,5 @@ def determinism_record() -> dict[str, Any]:
             "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
 
 
-def matmul_rate(device: torch.device, precision: str = "auto") -> float:
-    """The device's matmul rate (GFLOP/s, median of 5 after a warm-up, in the dtype the model runs in),
-    measured right after each cell: on a shared machine the rate moves, so each run's "utilisation"
-    divides by a rate taken next to it, in the same process (tasks/model/flops.py)."""
-    return Calibrator(device, compute_dtype(device, precision)).measure(samples=5, warmup=1)
-
-
-
-__all__ = ["batch_sizes", "cell_label", "determinism_record", "halve_batch", "make_deterministic", "matmul_rate",
+__all__ = ["batch_sizes", "cell_label", "determinism_record", "halve_batch", "make_deterministic",
            "run_cell", "spec_record"]

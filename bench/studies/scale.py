@@ -123,7 +123,7 @@ def measure(cfg: ScaleConfig, progress: bool = True) -> tuple[pd.DataFrame, dict
                     break
             med = statistics.median(times)
             lens = [len(x) for x in inputs]
-            flops = forward_flops(enc.model.config, lens)
+            flops = forward_flops(enc.model, lens, device)
             row = {"strategy": name, "doc_len": n, "windows": len(inputs), "real_tokens": out.real_tokens,
                    "padded_tokens": out.padded_tokens, "padding_waste": 1 - out.real_tokens / max(1, out.padded_tokens),
                    "median_s": med, "runs": len(times), "tokens_per_s": out.real_tokens / med,

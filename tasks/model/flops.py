@@ -1,68 +1,80 @@
-"""Model FLOPs for real tokens, and the device's measured matmul peak.
+"""Model FLOPs counted by torch, and the device's measured matmul rate.
 
-Why: a tokens/s number alone does not say whether a strategy is slow because it
-does more work or because it uses the device badly. Dividing the FLOPs of the
-real (non-padding) tokens by the wall time, as a share of a matmul rate measured
-in the same process and dtype, gives "utilisation %": padding, tiny batches and
-Python overhead show up as a low share.
+Why: a tokens/s number alone does not say whether a strategy is slow because it does more work or
+because it uses the device badly. FLOPs of the real (non-padding) tokens over the wall time, as a
+share of a matmul rate measured in the same process and dtype, gives "utilisation": padding, tiny
+batches and Python overhead show up as a low share.
 
-FLOPs of one forward pass over a sequence of ``L`` real tokens (special tokens
-count, padding does not), for an encoder with ``n_layers`` layers of width
-``d`` and feed-forward width ``ff``::
-
-    forward(L) = 2 * N * L  +  4 * n_layers * L**2 * d
-    N          = n_layers * (4 * d**2 + 2 * d * ff)   # non-embedding matmul weights
-
-``2 * N * L`` is the multiply-add of every token through every weight matrix
-(Q, K, V, output projection: ``4 d**2``; feed-forward in and out: ``2 d ff``),
-as in Kaplan et al. (2020). Embeddings are lookups and biases, LayerNorm,
-softmax and GELU are not matmuls, so they are left out (a few % for BERT-sized
-models). ``4 * n_layers * L**2 * d`` is the attention itself: ``Q K^T`` and
-``A V`` are ``2 * L**2 * d`` each per layer. A training step (forward +
-backward) counts ``3 * forward``. Padding FLOPs are not counted, so padding
-shows up as lost utilisation, not as work.
+FLOPs are counted, not derived: ``torch.utils.flop_counter.FlopCounterMode`` around the real
+forward (and backward, for a training step) on one input of each distinct real length, cached per
+(model, length). So any architecture is right (SwiGLU's three matrices, grouped-query K/V, relative
+attention), and padding is not work: it shows up as lost utilisation.
 """
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
-from typing import Any, Sequence
+from collections import Counter
+from typing import Any, Callable, Sequence
 
 import torch
 
-
-@dataclass(frozen=True)
-class Shape:
-    """The encoder dimensions the FLOP formula needs."""
-
-    n_layers: int
-    d: int
-    ff: int
-
-    @property
-    def matmul_params(self) -> int:
-        """Non-embedding matmul weights ``N``."""
-        return self.n_layers * (4 * self.d * self.d + 2 * self.d * self.ff)
+_COUNTED: dict[Any, float] = {}
+_CPU_SDPA: list[bool] = []
 
 
-def shape_of(config: Any) -> Shape:
-    """Read layers / hidden / intermediate sizes off a Hugging Face config (BERT-style names)."""
-    d = int(config.hidden_size)
-    ff = int(getattr(config, "intermediate_size", None) or 4 * d)
-    return Shape(int(config.num_hidden_layers), d, ff)
+def _count_cpu_attention() -> None:
+    """torch's counter knows the CUDA attention kernels but not the CPU one that SDPA dispatches to
+    (``_scaled_dot_product_flash_attention_for_cpu``): without this, attention FLOPs read 0 on CPU.
+    Registered once, with torch's own SDPA formulas, the first time FLOPs are counted."""
+    if _CPU_SDPA:
+        return
+    _CPU_SDPA.append(True)
+    from torch.utils.flop_counter import register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
+
+    fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is not None:
+        @register_flop_formula(fwd, get_raw=True)
+        def _fwd(query, key, value, *args, out_val=None, **kwargs) -> int:
+            return sdpa_flop_count(query.shape, key.shape, value.shape)
+    if bwd is not None:
+        @register_flop_formula(bwd, get_raw=True)
+        def _bwd(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+            return sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
 
 
-def forward_flops(config: Any, lengths: Sequence[int]) -> float:
-    """FLOPs of one forward pass over sequences of the given real lengths (see module docstring)."""
-    s = shape_of(config)
-    n = s.matmul_params
-    return float(sum(2 * n * L + 4 * s.n_layers * L * L * s.d for L in lengths))
+def counted(fn: Callable[[], Any], key: Any) -> float:
+    """FLOPs torch counts while ``fn`` runs, cached under ``key``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _count_cpu_attention()
+    if key not in _COUNTED:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fn()
+        _COUNTED[key] = float(counter.get_total_flops())
+    return _COUNTED[key]
 
 
-def train_step_flops(config: Any, lengths: Sequence[int]) -> float:
-    """Forward + backward: the usual 3x forward."""
-    return 3.0 * forward_flops(config, lengths)
+def forward_flops(model: torch.nn.Module, lengths: Sequence[int], device: torch.device, key: Any = None,
+                  backward: bool = False) -> float:
+    """Counted FLOPs of ``model`` (``input_ids``/``attention_mask`` -> ``last_hidden_state``) over
+    inputs of the given real lengths; ``backward``: forward + backward (a training step's matmuls)."""
+    total = 0.0
+    for length, n in Counter(int(x) for x in lengths).items():
+        def fn(length=length) -> None:
+            ids = torch.full((1, length), 5, dtype=torch.long, device=device)
+            if not backward:
+                with torch.inference_mode():
+                    model(input_ids=ids, attention_mask=torch.ones_like(ids))
+                return
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+            out.float().sum().backward()
+            model.zero_grad(set_to_none=True)
+
+        total += n * counted(fn, (key if key is not None else id(model), length, backward))
+    return total
 
 
 def default_matmul_size(device: torch.device) -> int:
@@ -147,5 +159,4 @@ def utilisation(flops: float, seconds: float, peak_gflops: float) -> float:
     return flops / seconds / (peak_gflops * 1e9)
 
 
-__all__ = ["Calibrator", "Shape", "calibrate", "forward_flops", "shape_of", "train_step_flops",
-           "utilisation"]
+__all__ = ["Calibrator", "calibrate", "counted", "forward_flops", "utilisation"]

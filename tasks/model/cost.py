@@ -1,0 +1,186 @@
+"""A cell's cost, measured for its strategy alone.
+
+The metric of a cell comes from the shared window cache (a window is encoded once per grid); its
+cost must not: a cached window's time is a token share of whatever batch it was first encoded in.
+So every task hands :func:`measure_cost` a :class:`CostProbe` (its inference ``forward`` and, per
+document of a fixed cost sample, the model inputs its strategy makes), and the pass is timed here:
+
+* **throughput**: the whole sample through the one batched path (tasks/model/encoder.forward_batched)
+  at the sweep's batch size; one warm-up pass, then the median of ``repeats`` timed passes (CUDA
+  synchronised): documents/s and real tokens/s;
+* **latency at batch size 1**: each sample document alone (its windows in one call), p50 / p95;
+* **FLOPs**: counted by ``torch.utils.flop_counter.FlopCounterMode`` on the real forward at each
+  distinct real input length (cached per shape), so any architecture (SwiGLU, grouped-query K/V) is
+  right and padding is not work;
+* **utilisation**: those FLOPs over the median pass time, as a share of a matmul rate sampled right
+  before each timed pass (interleaved with it, same dtype). Above 100% it is a measurement error: the
+  value is kept as ``utilisation_measured`` and ``utilisation`` is None;
+* **memory of this pass alone**: CUDA: peak allocated after a reset (absolute and above the loaded
+  model); CPU: the process's resident high-water mark reset (``/proc/self/clear_refs``, after
+  ``malloc_trim``) right before the pass, so the peak is this pass's, not the process's history.
+
+Cost depends on (model, strategy, budget, precision, device, mode), not on the seed: the runner
+measures it once per such key and records it in every seed's run.
+"""
+from __future__ import annotations
+
+import ctypes
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ctxbench.tasks.model.encoder import autocast, compute_dtype, forward_batched, sync
+from ctxbench.tasks.model.flops import Calibrator, counted
+
+Forward = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], Any]
+
+
+@dataclass
+class CostProbe:
+    """What a task hands the runner to time: ``inputs[d]`` the model inputs (token ids, special tokens
+    included) its strategy makes for cost-sample document ``d``; ``types`` their token types (QA pairs)."""
+
+    forward: Forward
+    inputs: list[list[list[int]]]
+    pad_id: int
+    key: tuple  # what the cost depends on besides the cell's (model, strategy, budget, precision, device)
+    types: list[list[list[int]]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def cost_sample(n_docs: int, size: int, seed: int = 0) -> list[int]:
+    """The same documents for every cell of a grid: ``size`` test indices drawn once with ``seed``."""
+    if size >= n_docs:
+        return list(range(n_docs))
+    return sorted(np.random.default_rng(seed).choice(n_docs, size=size, replace=False).tolist())
+
+
+def counted_flops(forward: Forward, length: int, device: torch.device, precision: str, key: Any,
+                  with_types: bool = False) -> float:
+    """FLOPs of one ``forward`` over one input of ``length`` real tokens, counted by torch (cached)."""
+    def fn() -> None:
+        ids = torch.full((1, length), 5, dtype=torch.long, device=device)
+        with torch.inference_mode(), autocast(device, precision):
+            forward(ids, torch.ones_like(ids), torch.zeros_like(ids) if with_types else None)
+
+    return counted(fn, ("cost", key, length, with_types, precision))
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kb(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PassMemory:
+    """Peak memory of the block alone (see the module docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.out: dict[str, Any] = {}
+
+    def __enter__(self) -> "PassMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        _malloc_trim()
+        self.base = _status_kb("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.reset = True
+        except OSError:
+            self.reset = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.out = {"cost_peak_mb": peak / 2**20, "cost_activation_mb": (peak - self.base) / 2**20,
+                        "cost_memory_kind": "cuda max allocated after a reset, and above the loaded model"}
+            return
+        peak = _status_kb("VmHWM")
+        if not self.reset or peak is None or self.base is None:
+            self.out = {"cost_peak_mb": None, "cost_activation_mb": None,
+                        "cost_memory_kind": "unavailable: no /proc/self/clear_refs to reset the RSS high-water mark"}
+            return
+        self.out = {"cost_peak_mb": peak / 1024, "cost_activation_mb": (peak - self.base) / 1024,
+                    "cost_memory_kind": "cpu resident high-water mark reset before the pass, and above the RSS then"}
+
+
+def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precision: str = "auto",
+                 repeats: int = 5, warmup: int = 1) -> dict[str, Any]:
+    """Time ``probe`` alone; returns the measured cost fields (module docstring)."""
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    flat = [x for doc in probe.inputs for x in doc]
+    flat_types = [t for doc in probe.types for t in doc] if probe.types is not None else None
+    docs = len(probe.inputs)
+    real = sum(len(x) for x in flat)
+    if not flat:
+        return {"cost_docs": docs, "cost_note": "the cost sample made no model inputs"}
+
+    def one_pass(inputs, types, bs) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        forward_batched(probe.forward, inputs, probe.pad_id, device, lambda out, r, i: None, bs, None, precision,
+                        types)
+        sync(device)
+        return time.perf_counter() - t0
+
+    cal = Calibrator(device, compute_dtype(device, precision))
+    with torch.inference_mode():
+        for _ in range(warmup):
+            one_pass(flat, flat_types, batch_size)
+            cal.a @ cal.b
+        rates, times = [], []
+        with PassMemory(device) as mem:
+            for _ in range(repeats):
+                rates.append(cal.sample())  # interleaved: the rate right before each timed pass
+                times.append(one_pass(flat, flat_types, batch_size))
+        latency = []
+        for d, doc in enumerate(probe.inputs):
+            if doc:
+                types = probe.types[d] if probe.types is not None else None
+                latency.append(one_pass(doc, types, max(1, len(doc))))
+    seconds = statistics.median(times)
+    flops = sum(counted_flops(probe.forward, len(x), device, precision, probe.key, flat_types is not None)
+                for x in flat)
+    rate = statistics.median(rates)
+    util = flops / seconds / (rate * 1e9) if seconds > 0 and rate > 0 else float("nan")
+    out = {
+        "cost_docs": docs, "cost_inputs": len(flat), "cost_real_tokens": real, "cost_repeats": repeats,
+        "cost_batch_size": batch_size, "cost_seconds_median": seconds,
+        "cost_seconds_spread": (max(times) - min(times)) / seconds if seconds > 0 else None,
+        "cost_docs_per_s": docs / seconds, "cost_tokens_per_s": real / seconds,
+        "latency_b1_p50_ms": float(np.percentile(latency, 50) * 1e3) if latency else None,
+        "latency_b1_p95_ms": float(np.percentile(latency, 95) * 1e3) if latency else None,
+        "flops_per_doc": flops / max(1, docs), "flops_counter": "torch.utils.flop_counter.FlopCounterMode",
+        "matmul_gflops": rate, "utilisation_measured": util, "utilisation": util if util <= 1.0 else None,
+        **mem.out, **probe.extra,
+    }
+    if util > 1.0:
+        out["utilisation_error"] = (f"measured {util:.0%} of the interleaved matmul rate: above 100% is a timing "
+                                    f"or calibration error, not a number")
+    return out
+
+
+__all__ = ["CostProbe", "PassMemory", "cost_sample", "counted_flops", "measure_cost"]

@@ -1,0 +1,88 @@
+"""The measured cost pass (tasks/model/cost.py) and counted FLOPs (tasks/model/flops.py)."""
+from __future__ import annotations
+
+import torch
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
+
+from ctxbench.bench.config import load_sweep
+from ctxbench.bench.results import read_jsonl
+from ctxbench.bench.run.runner import run_sweep
+from ctxbench.tasks import Context
+from ctxbench.tasks.model import cost as cost_mod
+from ctxbench.tasks.model.cost import CostProbe, cost_sample, measure_cost
+from ctxbench.tasks.model.flops import forward_flops
+
+CPU = torch.device("cpu")
+
+
+def tiny_bert() -> BertModel:
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=128)).eval()
+
+
+def kaplan(n_layers: int, d: int, ff: int, L: int) -> float:
+    """The hand formula this module replaced (right for BERT's matmuls, blind to SwiGLU and GQA)."""
+    return 2 * n_layers * (4 * d * d + 2 * d * ff) * L + 4 * n_layers * L * L * d
+
+
+def test_counted_flops_match_bert_and_see_what_the_formula_misses_in_llama():
+    bert = tiny_bert()
+    got = forward_flops(bert, [40], CPU)
+    assert abs(got - kaplan(2, 32, 64, 40)) / got < 0.05  # BERT: the formula's matmuls, give or take the pooler
+    assert forward_flops(bert, [40, 40, 10], CPU) == 2 * got + forward_flops(bert, [10], CPU)  # per length, cached
+    torch.manual_seed(0)
+    llama = LlamaModel(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=1)).eval()
+    counted = forward_flops(llama, [40], CPU)
+    # SwiGLU has three d x ff matrices (not two); grouped-query K/V projections are 4x narrower here
+    d, ff, kv, L = 32, 128, 8, 40
+    exact = 2 * 2 * L * (2 * d * d + 2 * d * kv + 3 * d * ff) + 2 * 4 * L * L * d
+    assert counted == exact and abs(counted - kaplan(2, d, ff, L)) / counted > 0.1
+
+
+def probe(model, docs):
+    return CostProbe(lambda ids, mask, types: model(input_ids=ids, attention_mask=mask).last_hidden_state,
+                     docs, 0, key=("t", id(model)))
+
+
+def test_measure_cost_times_the_strategy_alone():
+    model = tiny_bert()
+    one = [[list(range(5, 37))] for _ in range(6)]  # 6 documents, one 32-token window each
+    four = [[list(range(5, 37))] * 4 for _ in range(6)]  # the same documents, four windows each
+    a = measure_cost(probe(model, one), CPU, batch_size=8, repeats=5)
+    b = measure_cost(probe(model, four), CPU, batch_size=8, repeats=5)
+    for c in (a, b):
+        assert c["cost_docs"] == 6 and c["cost_repeats"] == 5
+        assert 0 < c["latency_b1_p50_ms"] <= c["latency_b1_p95_ms"]
+        assert c["flops_counter"].endswith("FlopCounterMode") and c["matmul_gflops"] > 0
+        assert (c["utilisation"] is None) == (c["utilisation_measured"] > 1.0)
+        assert c["cost_peak_mb"] is None or c["cost_peak_mb"] > 0
+    assert b["cost_real_tokens"] == 4 * a["cost_real_tokens"] and b["flops_per_doc"] == 4 * a["flops_per_doc"]
+    assert b["cost_seconds_median"] > a["cost_seconds_median"]  # four windows take longer, measured
+
+
+def test_utilisation_above_100_percent_is_a_flagged_error(monkeypatch):
+    monkeypatch.setattr(cost_mod.Calibrator, "sample", lambda self: 1e-6)  # an absurdly slow "peak"
+    c = measure_cost(probe(tiny_bert(), [[list(range(5, 37))]] * 3), CPU, batch_size=4, repeats=1)
+    assert c["utilisation"] is None and c["utilisation_measured"] > 1.0 and "error" in c["utilisation_error"]
+
+
+def test_cost_sample_is_fixed_and_shared():
+    assert cost_sample(10, 20) == list(range(10))
+    assert cost_sample(100, 8, seed=0) == cost_sample(100, 8, seed=0) and len(set(cost_sample(100, 8))) == 8
+
+
+def test_the_runner_measures_each_strategy_once_per_cost_key(tiny_model, tiny_data, tmp_path, cache_env):
+    sweep = load_sweep("clf", [f"model={tiny_model}", f"dataset={tiny_data}", "budgets=[16]", "seeds=[0,1]",
+                               "strategies=[head, {name: sliding, pool: mean}]", "train.epochs=2", "cost_docs=6",
+                               "cost_repeats=3"])
+    summary = run_sweep(sweep, tmp_path, ctx=Context(device=CPU, progress=False), progress=False)
+    assert summary.ok, summary.failed
+    runs = {(r["spec"]["strategy"]["label"], r["spec"]["seed"]): r["measurements"]
+            for r in read_jsonl(tmp_path / "clf" / "runs.jsonl")}
+    head, sliding = runs[("head", 0)]["cost"], runs[("sliding[pool=mean]", 0)]["cost"]
+    assert head["measured_in"] == "this cell" and runs[("head", 1)]["cost"]["measured_in"].startswith("an earlier")
+    assert runs[("head", 1)]["cost"]["cost_seconds_median"] == head["cost_seconds_median"]  # not the seed's
+    assert sliding["cost_inputs"] > head["cost_inputs"] == 6 and sliding["flops_per_doc"] > head["flops_per_doc"]
+    assert "estimate" in runs[("head", 0)]["timing_kind"]
