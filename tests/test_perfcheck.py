@@ -19,7 +19,9 @@ NAMES = ["test_infer[head-b64]", "test_infer[sliding-b256]", "test_finetune_step
 THRESHOLDS = {"default": {"throughput_drop": 0.10, "memory_rise": 0.10, "memory_min_mb": 8.0}, "benchmarks": {}}
 
 
-def bench_entry(name: str, median: float, tokens: int = 1000, calib: float = 25.0, peak: float = 500.0) -> dict:
+def bench_entry(name: str, median: float, tokens: int = 1000, calib: float = 25.0, peak: float = 500.0,
+                rounds: list[float] | None = None) -> dict:
+    extra = {"round_seconds": rounds} if rounds is not None else {}
     return {
         "group": None, "name": name, "fullname": f"bench/perf/test_perf.py::{name}",
         "params": {}, "param": name.split("[")[1][:-1], "options": {"disable_gc": True, "timer": "perf_counter"},
@@ -28,7 +30,7 @@ def bench_entry(name: str, median: float, tokens: int = 1000, calib: float = 25.
                   "iqr_outliers": 0, "stddev_outliers": 0, "outliers": "0;0", "ld15iqr": median * 0.95,
                   "hd15iqr": median * 1.05, "ops": 1 / median, "total": 3 * median, "iterations": 1},
         "extra_info": {"real_tokens": tokens, "calib_gflops": calib, "peak_memory_mb": peak,
-                       "cell_memory_mb": peak - 400.0, "memory_method": "planted"},
+                       "cell_memory_mb": peak - 400.0, "memory_method": "planted", **extra},
     }
 
 
@@ -94,7 +96,7 @@ def test_memory_rise_under_the_absolute_floor_passes():
 def test_calibration_absorbs_a_slower_machine(baseline):
     # everything 20% slower, and the matmul calibration measured next to it too: the code did not regress
     slower = run_json({n: (1.0 + i) * 1.25 for i, n in enumerate(NAMES)}, calib=25.0 / 1.25)
-    assert check(baseline, slower, THRESHOLDS).ok
+    assert check(baseline, slower, THRESHOLDS, normalise=True).ok
     # the same run compared raw is a regression everywhere
     raw = check(baseline, slower, THRESHOLDS, normalise=False)
     assert len(raw.failures) == len(NAMES)
@@ -104,8 +106,41 @@ def test_code_slowdown_on_a_faster_machine_still_fails(baseline):
     # the machine got 10% faster (calibration) while the other benchmarks' times did not move: -9% normalised,
     # within the limit; the one that also got 20% slower in raw time is -24% normalised and fails
     cur = run_json({NAMES[0]: 1.0 * 1.2}, calib=25.0 * 1.1)
-    result = check(baseline, cur, THRESHOLDS)
+    result = check(baseline, cur, THRESHOLDS, normalise=True)
     assert [r.name for r in result.rows if r.reasons] == [NAMES[0]]
+
+
+def with_rounds(scale: float, noise: float, seed: int, n: int = 7) -> dict[str, Any]:
+    """A run whose benchmarks carry ``n`` timed rounds: median time x ``scale``, relative jitter ``noise``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = run_json()
+    for i, b in enumerate(out["benchmarks"]):
+        rounds = list((1.0 + i) * scale * (1 + noise * rng.uniform(-1, 1, n)))
+        b["extra_info"]["round_seconds"] = rounds
+        b["stats"]["median"] = float(np.median(rounds))
+    return out
+
+
+def test_rounds_bootstrap_passes_a_noisy_a_a_and_fails_a_planted_slowdown():
+    base = with_rounds(1.0, 0.08, seed=1)
+    for seed in (2, 3, 4):  # A/A: the same code, +-8% jitter per round
+        result = check(base, with_rounds(1.0, 0.08, seed=seed), THRESHOLDS)
+        assert result.ok, result.failures
+        assert all(r.change_ci is not None and r.change_ci[0] < r.change < r.change_ci[1] for r in result.rows)
+    for seed in (5, 6, 7):  # planted: every round 25% longer = throughput -20%
+        result = check(base, with_rounds(1.25, 0.08, seed=seed), THRESHOLDS)
+        assert len(result.failures) == len(NAMES) and all("95% CI" in f for f in result.failures)
+
+
+def test_a_drop_inside_the_noise_is_undecided_not_a_regression():
+    base = with_rounds(1.0, 0.25, seed=1)
+    cur = with_rounds(1.12, 0.25, seed=2)  # about -11% with +-25% rounds: the interval reaches past -10%
+    result = check(base, cur, THRESHOLDS)
+    rows = [r for r in result.rows if r.change is not None and r.change < -0.10]
+    assert rows and all(r.change_ci[1] > -0.10 for r in rows) and result.ok
+    assert "95% interval" in render(result, base, cur)
 
 
 def test_missing_benchmark_fails_unless_allowed(baseline):
@@ -223,3 +258,23 @@ def test_the_real_suite_runs_and_its_output_passes_against_itself(tmp_path):
         assert 0 < info["utilisation"] and info["peak_memory_mb"] > 0 and info["calib_gflops"] > 0
     assert data["machine_info"]["ctxbench"]["machine_id"]
     assert check(data, data).ok
+
+
+def test_planted_regressions_through_the_real_suite_are_caught(tmp_path):
+    """The suite's test hooks plant a 20% throughput loss and a 20% memory rise; perf-check sees both."""
+    import statistics
+
+    from ctxbench.bench.perf.check import check, run_suite
+
+    common = ["--perf-model=tiny", "--perf-docs=300,90", "--perf-budgets=32", "--perf-rounds=5",
+              "--perf-warmup=1", "--perf-threads=1"]
+    base, planted = tmp_path / "base.json", tmp_path / "planted.json"
+    assert run_suite(base, "cpu", common) == 0
+    assert run_suite(planted, "cpu", [*common, "--perf-plant-slowdown=0.2", "--perf-plant-memory=0.2"]) == 0
+    a, b = json.loads(base.read_text()), json.loads(planted.read_text())
+    assert b["machine_info"]["ctxbench"]["workload"]["plant_slowdown"] == 0.2  # a planted run says so
+    result = check(a, b)
+    assert all(len(b["extra_info"]["round_seconds"]) == 5 for b in b["benchmarks"])
+    assert all(any("peak memory" in why for why in r.reasons) for r in result.rows)  # every benchmark, memory
+    assert statistics.median(r.change for r in result.rows) < -0.12  # throughput: about -20%
+    assert not result.ok

@@ -12,13 +12,14 @@ Layout (one folder per kind of machine, so a GPU runner and a laptop never compa
                                       Exit 0: no regression. 1: a regression (or a benchmark failed
                                       or went missing). 2: nothing to compare against.
 
-Why normalised: these machines are shared and noisy, so absolute times from two runs
-are not comparable. Every benchmark records the matmul rate measured right before
-each of its timed rounds (``calib_gflops``), and throughput is compared as
-``(tokens/s / calib)_now / (tokens/s / calib)_baseline``: a machine that is 20%
-slower for everything (throttling, a neighbour's job) moves both and passes; code
-that got 20% slower moves only the benchmark and fails. Memory is compared as
-measured (peak RSS of an isolated child on CPU, max allocated on CUDA).
+The rule: these machines are shared and noisy, so a throughput change counts only when it is
+decided. Every benchmark records each timed round's seconds; the change
+``median(tokens/s)_now / median(tokens/s)_baseline - 1`` gets a bootstrap 95% interval (both sides'
+rounds resampled), and a benchmark regresses only when the whole interval lies below
+``-throughput_drop``. Dividing by a separately timed matmul (``--normalise``, the old default) made an
+A/A run fail and is kept only for comparison. Memory is compared as measured (peak RSS of an isolated
+child on CPU, max allocated on CUDA). ``--perf-plant-slowdown`` / ``--perf-plant-memory`` (pytest
+options of the suite) plant a regression to prove the gate catches it.
 """
 from __future__ import annotations
 
@@ -132,6 +133,7 @@ class Bench:
     calib: float | None  # GFLOP/s measured next to this benchmark
     peak_mb: float | None
     cell_mb: float | None
+    rounds: tuple[float, ...] = ()  # every timed round's seconds (older baselines: none, the median alone)
 
     @property
     def throughput(self) -> float:
@@ -150,7 +152,7 @@ def benches(data: dict[str, Any]) -> dict[str, Bench]:
         info = b.get("extra_info", {}) or {}
         out[b["name"]] = Bench(b["name"], float(b["stats"]["median"]), info.get("real_tokens"),
                                info.get("calib_gflops", fallback), info.get("peak_memory_mb"),
-                               info.get("cell_memory_mb"))
+                               info.get("cell_memory_mb"), tuple(info.get("round_seconds") or ()))
     return out
 
 
@@ -164,6 +166,7 @@ class Row:
     raw_change: float | None = None
     calib_change: float | None = None
     change: float | None = None  # normalised throughput change
+    change_ci: tuple[float, float] | None = None  # bootstrap 95% interval of the throughput change
     mem_change: float | None = None
     mem_delta_mb: float | None = None
     reasons: list[str] = field(default_factory=list)
@@ -190,8 +193,32 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b - 1.0
 
 
+def change_interval(base: Bench, cur: Bench, n_boot: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """Bootstrap 95% interval of the throughput change ``median(cur) / median(base) - 1``, resampling
+    each side's timed rounds (None when a side recorded fewer than 3 rounds)."""
+    if len(base.rounds) < 3 or len(cur.rounds) < 3:
+        return None
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    b, c = np.asarray(base.rounds, dtype=float), np.asarray(cur.rounds, dtype=float)
+    mb = np.median(rng.choice(b, size=(n_boot, b.size)), axis=1)
+    mc = np.median(rng.choice(c, size=(n_boot, c.size)), axis=1)
+    tb, tc = (base.tokens or 1.0), (cur.tokens or 1.0)
+    ratio = (tc / mc) / (tb / mb) - 1.0
+    lo, hi = np.percentile(ratio, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def check(baseline: dict[str, Any], current: dict[str, Any], thresholds: dict[str, Any] | None = None,
-          normalise: bool = True, allow_missing: bool = False) -> CheckResult:
+          normalise: bool = False, allow_missing: bool = False) -> CheckResult:
+    """Compare two pytest-benchmark JSON documents benchmark by benchmark (a pure function).
+
+    Throughput regresses only when the whole bootstrap 95% interval of the change (resampled timed
+    rounds of both sides) lies below ``-throughput_drop``: a difference inside the noise is not a
+    regression. Without rounds on a side (an old baseline) the point estimate is compared. Raw
+    throughput by default: normalising by a separately timed matmul added noise (an A/A run failed
+    with it); ``normalise=True`` keeps that mode for comparison."""
     """Compare two pytest-benchmark JSON documents benchmark by benchmark (a pure function)."""
     thresholds = thresholds if thresholds is not None else load_thresholds()
     base, cur = benches(baseline), benches(current)
@@ -222,9 +249,12 @@ def check(baseline: dict[str, Any], current: dict[str, Any], thresholds: dict[st
         row.change = (_ratio(c.throughput / c.calib, b.throughput / b.calib) if use_cal else row.raw_change)
         if b.tokens and c.tokens and b.tokens != c.tokens:
             notes.append(f"{name}: real tokens per round changed {b.tokens:.0f} -> {c.tokens:.0f}")
-        if row.change is not None and row.change < -lim.throughput_drop:
+        row.change_ci = None if use_cal else change_interval(b, c)
+        decided = row.change_ci[1] if row.change_ci is not None else row.change
+        if decided is not None and decided < -lim.throughput_drop:
             how = (f"normalised; raw {row.raw_change:+.1%}, calibration {row.calib_change:+.1%}" if use_cal
-                   else "raw, not normalised")
+                   else f"raw; 95% CI [{row.change_ci[0]:+.1%}, {row.change_ci[1]:+.1%}] over the timed rounds"
+                   if row.change_ci is not None else "raw, point estimate (a side has no rounds)")
             row.reasons.append(f"throughput {row.change:+.1%} ({how}), limit -{lim.throughput_drop:.0%}")
         if b.peak_mb is not None and c.peak_mb is not None:
             row.mem_change = _ratio(c.peak_mb, b.peak_mb)
@@ -237,7 +267,8 @@ def check(baseline: dict[str, Any], current: dict[str, Any], thresholds: dict[st
             row.reasons.append("peak memory was recorded in the baseline but not in this run")
         if row.reasons:
             row.verdict = "REGRESSED"
-        elif row.change is not None and row.change > lim.throughput_drop:
+        elif row.change is not None and (row.change_ci[0] if row.change_ci is not None else row.change) > \
+                lim.throughput_drop:
             row.verdict = "improved"
         rows.append(row)
     if normalise and not all(r.calib_change is not None for r in rows if r.base and r.cur):
@@ -276,7 +307,8 @@ def render(result: CheckResult, baseline: dict[str, Any], current: dict[str, Any
              "- throughput = real tokens / median round time; "
              + ("compared normalised by the matmul calibration measured next to each benchmark: "
                 "change = (throughput/calib)_now / (throughput/calib)_baseline - 1"
-                if result.normalised else "compared raw (--no-normalise)"),
+                if result.normalised else "compared raw; a regression is decided only when the whole bootstrap 95% "
+                "interval of the change (timed rounds of both runs resampled) lies beyond the limit"),
              "- memory = peak memory of one run of the cell (see memory_method in the JSON)", ""]
     if result.ok:
         lines.append(f"**PASS**: {len(result.rows)} benchmarks, no regression beyond the thresholds.")
@@ -290,11 +322,13 @@ def render(result: CheckResult, baseline: dict[str, Any], current: dict[str, Any
     for r in result.rows:
         table.append([
             r.name, _num(r.base.throughput if r.base else None), _num(r.cur.throughput if r.cur else None),
-            _pct(r.raw_change), _pct(r.calib_change), _pct(r.change), f"-{r.limits.throughput_drop:.0%}",
+            _pct(r.raw_change), _pct(r.calib_change), _pct(r.change),
+            f"[{_pct(r.change_ci[0])}, {_pct(r.change_ci[1])}]" if r.change_ci else "–",
+            f"-{r.limits.throughput_drop:.0%}",
             _num(r.base.peak_mb if r.base else None), _num(r.cur.peak_mb if r.cur else None), _pct(r.mem_change),
             f"+{r.limits.memory_rise:.0%}", r.verdict,
         ])
-    headers = ["benchmark", "tok/s base", "tok/s now", "raw Δ", "calib Δ", "norm Δ", "limit",
+    headers = ["benchmark", "tok/s base", "tok/s now", "raw Δ", "calib Δ", "Δ used", "Δ 95% CI", "limit",
                "peak MB base", "peak MB now", "mem Δ", "limit", "verdict"]
     lines += ["", tabulate(table, headers=headers, tablefmt="github"), ""]
     return "\n".join(lines)
@@ -359,7 +393,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"perf-check: the baseline was measured on {bm}, this run on {cm}; refusing to compare "
               f"(--allow-other-machine to force)", file=sys.stderr)
         return 2
-    result = check(baseline, current, load_thresholds(args.thresholds), normalise=not args.no_normalise,
+    result = check(baseline, current, load_thresholds(args.thresholds), normalise=args.normalise,
                    allow_missing=args.allow_missing)
     report = render(result, baseline, current, str(base_path), str(cur_path))
     if rc != 0:
@@ -398,7 +432,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--thresholds", default=str(THRESHOLDS),
                    help="thresholds JSON (default: bench/perf/thresholds.json)")
     c.add_argument("--report", help="where to write the markdown report (default: next to the current JSON)")
-    c.add_argument("--no-normalise", action="store_true", help="compare raw throughput, ignoring the calibration")
+    c.add_argument("--normalise", action="store_true",
+                   help="divide throughput by the matmul calibration (the old mode; raw is the default)")
     c.add_argument("--allow-missing", action="store_true", help="a baseline benchmark missing from this run passes")
     c.add_argument("--allow-other-machine", action="store_true", help="compare across machine ids")
     c.set_defaults(func=_cmd_check)

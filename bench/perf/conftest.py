@@ -28,6 +28,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--perf-budgets", default=None, help="budgets, e.g. 64,128,256,max")
     g.addoption("--isolate", dest="perf_isolate", action="store_true", default=True,
                 help="CPU: measure each cell's peak RSS in a child process that runs only that cell (default)")
+    g.addoption("--perf-plant-slowdown", type=float, default=0.0,
+                help="gate test hook: slow every timed run by this share of throughput (e.g. 0.2)")
+    g.addoption("--perf-plant-memory", type=float, default=0.0,
+                help="gate test hook: hold this share of the run's starting memory extra while it runs (e.g. 0.2)")
     g.addoption("--no-isolate", dest="perf_isolate", action="store_false",
                 help="CPU: measure peak RSS in this process instead (faster, less exact)")
 
@@ -38,6 +42,8 @@ def workload_from(config: pytest.Config) -> Workload:
         kw["doc_lengths"] = tuple(int(x) for x in config.getoption("perf_docs").split(","))
     if config.getoption("perf_budgets"):
         kw["budgets"] = tuple(None if x == "max" else int(x) for x in config.getoption("perf_budgets").split(","))
+    kw.update(plant_slowdown=config.getoption("perf_plant_slowdown"),
+              plant_memory=config.getoption("perf_plant_memory"))
     return Workload(**kw)
 
 

@@ -43,6 +43,7 @@ def _measure(benchmark: Any, perf: Any, cell: Cell) -> None:
         "achieved_gflops": prepared.flops / median / 1e9,
         "calib_gflops": calib,
         "calib_samples": timed,
+        "round_seconds": list(benchmark.stats.stats.data),  # every timed round: the gate bootstraps them
         "utilisation": utilisation(prepared.flops, median, calib),
         "utilisation_vs_session": utilisation(prepared.flops, median, perf.calibration["gflops"]),
         "threads": perf.threads,

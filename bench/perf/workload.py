@@ -24,6 +24,9 @@ Memory, by device:
 """
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import copy
 import os
 import resource
@@ -66,6 +69,10 @@ class Workload:
     batch_size: int = 64
     finetune_batch: int = 4
     n_labels: int = 4
+    # test hooks that prove the gate (never defaults): slow every timed run by this share of throughput,
+    # and hold this share of the run's starting RSS (or CUDA allocation) extra while it runs
+    plant_slowdown: float = 0.0
+    plant_memory: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,7 +163,29 @@ class Prepared:
 
 
 def prepare(enc: Loaded, workload: Workload, cell: Cell, device: torch.device) -> Prepared:
-    """Build the cell's inputs once (untimed) and return its timed callable."""
+    """Build the cell's inputs once (untimed) and return its timed callable (with the workload's
+    planted slowdown or memory, when a gate test asks for them)."""
+    prepared = _prepare(enc, workload, cell, device)
+    if not (workload.plant_slowdown or workload.plant_memory):
+        return prepared
+    run = prepared.run
+
+    def planted() -> None:
+        extra = None
+        if workload.plant_memory:
+            have = (torch.cuda.memory_allocated(device) if device.type == "cuda"
+                    else (current_rss_mb() or 0.0) * 2**20)
+            extra = torch.ones(int(workload.plant_memory * have) // 4 + 1, dtype=torch.float32, device=device)
+        t0 = time.perf_counter()
+        run()
+        if workload.plant_slowdown:  # throughput x (1 - s): the run takes 1 / (1 - s) as long
+            time.sleep((time.perf_counter() - t0) * workload.plant_slowdown / (1.0 - workload.plant_slowdown))
+        del extra
+
+    return dataclasses.replace(prepared, run=planted)
+
+
+def _prepare(enc: Loaded, workload: Workload, cell: Cell, device: torch.device) -> Prepared:
     budget = resolve_budget(enc, cell.budget)
     docs = synthetic_ids(enc.tokenizer, workload.doc_lengths, workload.seed)
     strategy = strategies.build(cell.strategy, **dict(cell.params))
