@@ -114,6 +114,13 @@ def load_data(spec, tokenizer, tok_key: str) -> ClfData:
                                         content_hash(key, s, tok_key), tokenize)
         doc_ids = list(parts[s]["id"]) if "id" in parts[s].column_names else None
         out.counts.update(document_counts(s, texts, out.ids[s], doc_ids, train_texts if s != "train" else None))
+    for s in SPLITS:
+        n, empty = len(out.ids[s]), sum(1 for x in out.ids[s] if not x)
+        if n and empty > n // 2:
+            raise ConfigError(
+                f"dataset {spec.dataset!r}: the tokenizer {type(tokenizer).__name__} "
+                f"({getattr(tokenizer, 'name_or_path', '?')!r}) encodes {empty} of {n} {s} documents to zero tokens; "
+                f"a leaderboard of them would be chance: check the tokenizer and the text column {spec.text_col!r}")
     if problems(out.counts):
         warnings.warn(f"dataset {spec.dataset!r}: {', '.join(problems(out.counts))} (kept; counted in every run "
                       f"record's info)", stacklevel=2)
@@ -311,12 +318,23 @@ class Classification:
         # one row per (sweep sample, compute dtype, budget): another sweep adds rows, never overwrites
         return GridReport(lines, {"encoder_sharing.json": (rows, ident)} if rows else {})
 
-    def run(self, spec, ctx: Context) -> CellResult:
+    @staticmethod
+    def _data(spec, ctx: Context) -> tuple[Loaded, str, ClfData]:
         device = ctx.device
         enc: Loaded = ctx.get(("encoder", spec.model, str(device)), lambda: load_encoder(spec.model, device))
         mkey = ctx.get(("model_key", spec.model), lambda: model_key(enc))
         data: ClfData = ctx.get(("clf-data", spec.dataset, spec.text_col, spec.label_col, spec.data_seed, spec.limits,
                                  mkey), lambda: load_data(spec, enc.tokenizer, mkey))
+        return enc, mkey, data
+
+    def check_data(self, spec, ctx: Context) -> None:
+        """The data-level checks (labels, empty documents, a tokenizer that leaves documents empty),
+        run by the runner once per data set before the grid; the loaded data is kept for the cells."""
+        _, _, data = self._data(spec, ctx)
+        check_empty(data, spec.empty_docs)
+
+    def run(self, spec, ctx: Context) -> CellResult:
+        enc, mkey, data = self._data(spec, ctx)
         check_empty(data, spec.empty_docs)
         budget = usable_budget(enc.tokenizer, enc.max_positions, spec.budget)
         strategy = spec.strategy.build()

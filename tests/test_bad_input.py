@@ -108,9 +108,9 @@ def test_bad_labels_are_clear_errors(tiny_model, tmp_path, cache_env, case, matc
     write_csv(data / "val.csv", normal_rows(rng, 6))
     write_csv(data / "test.csv", normal_rows(rng, 6))
     extra = ["label_col=topic"] if case == "missing_label_column" else []
-    summary, runs = run(tiny_model, data, tmp_path / "r", "budgets=[16]", "strategies=[head]", *extra)
-    assert not summary.ok and runs[0]["status"] == "error"
-    assert runs[0]["error"].startswith("ConfigError") and __import__("re").search(match, runs[0]["error"])
+    with pytest.raises(ConfigError, match=match) as err:  # once, before the grid: no cell ran or was recorded
+        run(tiny_model, data, tmp_path / "r", "budgets=[16]", "strategies=[head, tail]", *extra)
+    assert "before any cell ran" in str(err.value) and not runs_path(tmp_path / "r", "clf").exists()
 
 
 @pytest.mark.parametrize("override,match", [

@@ -14,6 +14,7 @@ from ctxbench.bench.report.tables import leaderboard
 from ctxbench.tasks import Context
 from ctxbench.tasks.clf import Classification, fold_windows
 
+from ctxbench.strategies import ConfigError
 from tests.conftest import WORDS, make_doc
 
 ALL = ["strategies=[head, tail, head_tail, {name: sliding, pool: max}, {name: sliding, pool: vote},"
@@ -133,9 +134,9 @@ def test_empty_documents_counted_or_refused(tiny_model, tmp_path, cache_env):
     runs = read_jsonl(tmp_path / "keep" / "clf" / "runs.jsonl")
     assert all(r["status"] == "ok" and r["info"]["empty_docs_test"] == 2 and r["measurements"]["docs"] == 11
                for r in runs)
-    refused = run(sweep_for(tiny_model, str(data), "strategies=[head]", "budgets=[16]", "empty_docs=error"),
-                  tmp_path / "err")
-    assert not refused.ok and "2 empty or whitespace-only documents" in refused.failed[0][2]
+    with pytest.raises(ConfigError, match="before any cell ran.*2 empty or whitespace-only documents"):
+        run(sweep_for(tiny_model, str(data), "strategies=[head]", "budgets=[16]", "empty_docs=error"), tmp_path / "err")
+    assert not (tmp_path / "err" / "clf" / "runs.jsonl").exists()
 
 
 def test_unknown_test_label_is_an_error_naming_it(tiny_model, tiny_data, tmp_path, cache_env):
@@ -145,8 +146,31 @@ def test_unknown_test_label_is_an_error_naming_it(tiny_model, tiny_data, tmp_pat
     shutil.copytree(tiny_data, data)
     with open(data / "test.csv", "a", newline="") as f:
         csv.writer(f).writerow(["some text here", "cooking"])
-    summary = run(sweep_for(tiny_model, str(data), "strategies=[head]", "budgets=[16]"), tmp_path / "r")
-    assert not summary.ok and "['cooking']" in summary.failed[0][2]
+    sweep = sweep_for(tiny_model, str(data), "strategies=[head, tail, sliding]", "budgets=[16, 32]")
+    with pytest.raises(ConfigError) as err:  # a data-level error: once, before the grid, not once per cell
+        run(sweep, tmp_path / "r")
+    assert "before any cell ran" in str(err.value) and str(err.value).count("['cooking']") == 1
+    assert not (tmp_path / "r" / "clf" / "runs.jsonl").exists()
+
+
+class _Blank:
+    """A tokenizer stand-in that turns every text into no tokens (the guard must name it)."""
+
+    name_or_path = "blank-tok"
+    backend_tokenizer = None
+
+    def __call__(self, texts, **kw):
+        return {"input_ids": [[] for _ in texts]}
+
+
+def test_a_tokenizer_that_empties_the_documents_is_an_error_naming_it(tiny_data, cache_env):
+    from ctxbench.bench.config import RunSpec, StrategySpec
+    from ctxbench.tasks.clf import load_data
+
+    spec = RunSpec(task="clf", dataset=tiny_data, model="x", mode="probe", strategy=StrategySpec("head"),
+                   budget=16, seed=0)
+    with pytest.raises(ConfigError, match="tokenizer _Blank .'blank-tok'. encodes 60 of 60 train documents to zero"):
+        load_data(spec, _Blank(), "k")
 
 
 def test_budget_beyond_model_positions_refused(tiny_model, tiny_data, tmp_path, cache_env):

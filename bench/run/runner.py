@@ -100,6 +100,28 @@ def run_line(spec: RunSpec, record: dict[str, Any]) -> str:
     return f"[ok] {cell_label(spec)}: " + ", ".join(parts)
 
 
+DATA_FIELDS = ("dataset", "model", "data_seed", "limits", "text_col", "label_col", "empty_docs", "settings")
+
+
+def check_data_once(task, cells: list, ctx: Context, done: set) -> None:
+    """A data-level error stops the sweep once, before the grid, with one message: the task's
+    ``check_data`` (optional in the contract) runs on the first pending cell of each data set."""
+    check = getattr(task, "check_data", None)
+    if check is None:
+        return
+    seen = set()
+    for spec in cells:
+        key = tuple(repr(getattr(spec, f, None)) for f in DATA_FIELDS)
+        if key in seen or run_id(spec_record(spec, task)) in done:
+            continue
+        seen.add(key)
+        try:
+            check(spec, ctx)
+        except ConfigError as e:
+            raise ConfigError(f"{spec.task} data check, before any cell ran (dataset {spec.dataset!r}, model "
+                              f"{spec.model!r}): {e}") from None
+
+
 def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context | None = None,
               progress: bool = True, *, isolate: bool = False, oom_retries: int = 0,
               deterministic: bool = False, executor=None) -> GridSummary:
@@ -128,6 +150,7 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
     cells = sweep.cells()
     ctx.memo["cells"] = cells  # lets a task plan shared work (e.g. one encoding pass per budget)
 
+    check_data_once(task, cells, ctx, done)
     executor = executor or LocalExecutor()
 
     def pending():  # read lazily: the local executor asks for the next cell after recording the last
