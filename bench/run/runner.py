@@ -86,17 +86,28 @@ def _store_notes(root: Path, task: str) -> list[str]:
 
 
 def run_line(spec: RunSpec, record: dict[str, Any]) -> str:
-    """One line per finished run: the metric, then the cost and how well the device was used."""
+    """One line per finished run: the metric, then the measured cost of the strategy alone (the cost
+    pass) and how well the device was used; without a cost pass, the grid's estimate, labelled so."""
     m, x = record["metrics"], record["measurements"]
     main = record["main_metric"]
-    parts = [f"{main} {m[main]:.3f}", f"{x.get('docs_per_s', 0):.1f} docs/s",
-             f"{x.get('tokens_per_s', 0):.0f} real tokens/s"]
-    if "utilisation" in x:
-        parts.append(f"utilisation {100 * x['utilisation']:.1f}%")
+    cost = x.get("cost") or {}
+    parts = [f"{main} {m[main]:.3f}"]
+    if cost.get("cost_docs_per_s"):
+        parts += [f"{cost['cost_docs_per_s']:.1f} docs/s measured", f"{cost['cost_tokens_per_s']:.0f} real tokens/s"]
+        if cost.get("latency_b1_p50_ms") is not None:
+            parts.append(f"b=1 p50 {cost['latency_b1_p50_ms']:.1f} ms")
+        if cost.get("utilisation") is not None:
+            parts.append(f"utilisation {100 * cost['utilisation']:.1f}%")
+        elif cost.get("utilisation_error"):
+            parts.append(f"utilisation ERROR ({100 * cost['utilisation_measured']:.0f}% > 100%)")
+        if cost.get("cost_peak_mb"):
+            parts.append(f"pass peak {cost['cost_peak_mb']:.0f} MB")
+    else:
+        parts.append(f"{x.get('docs_per_s', 0):.1f} docs/s (grid estimate)")
+        if x.get("peak_memory_mb"):
+            parts.append(f"process peak {x['peak_memory_mb']:.0f} MB")
     if "padding_waste" in x:
         parts.append(f"padding waste {100 * x['padding_waste']:.1f}%")
-    if x.get("peak_memory_mb"):
-        parts.append(f"peak {x['peak_memory_mb']:.0f} MB")
     return f"[ok] {cell_label(spec)}: " + ", ".join(parts)
 
 
