@@ -86,3 +86,16 @@ def test_the_runner_measures_each_strategy_once_per_cost_key(tiny_model, tiny_da
     assert runs[("head", 1)]["cost"]["cost_seconds_median"] == head["cost_seconds_median"]  # not the seed's
     assert sliding["cost_inputs"] > head["cost_inputs"] == 6 and sliding["flops_per_doc"] > head["flops_per_doc"]
     assert "estimate" in runs[("head", 0)]["timing_kind"]
+
+
+def test_the_encoder_sharing_ratio_is_measured_side_by_side(tiny_model, tiny_data, tmp_path, cache_env):
+    import json
+
+    sweep = load_sweep("clf", [f"model={tiny_model}", f"dataset={tiny_data}", "budgets=[16]", "seeds=[0]",
+                               "strategies=[head, tail, {name: sliding, pool: mean}]", "train.epochs=2",
+                               "cost_docs=8", "cost_repeats=1"])
+    summary = run_sweep(sweep, tmp_path, ctx=Context(device=CPU, progress=False), progress=False)
+    assert summary.ok and any("measured side by side on 8 test documents" in n for n in summary.notes)
+    (row,) = json.loads((tmp_path / "clf" / "encoder_sharing.json").read_text())
+    assert row["measured_windows_all"] >= row["measured_windows_sliding"] > 0
+    assert row["measured_s_all"] > 0 and row["measured_s_sliding"] > 0 and row["measured_ratio"] > 0

@@ -126,6 +126,23 @@ class PassMemory:
                     "cost_memory_kind": "cpu resident high-water mark reset before the pass, and above the RSS then"}
 
 
+def side_by_side(forward: Forward, sets: dict[str, list[list[int]]], pad_id: int, device: torch.device,
+                 batch_size: int, precision: str = "auto", repeats: int = 3) -> dict[str, float]:
+    """Median seconds of one batched pass over each set of inputs, the sets timed in turn (A, B, A, B ...)
+    after one warm-up pass each, so a shared machine's drift falls on all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in sets}
+    with torch.inference_mode():
+        for r in range(repeats + 1):
+            for name, inputs in sets.items():
+                sync(device)
+                t0 = time.perf_counter()
+                forward_batched(forward, inputs, pad_id, device, lambda out, i, j: None, batch_size, None, precision)
+                sync(device)
+                if r:
+                    times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precision: str = "auto",
                  repeats: int = 5, warmup: int = 1) -> dict[str, Any]:
     """Time ``probe`` alone; returns the measured cost fields (module docstring)."""
@@ -183,4 +200,4 @@ def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precis
     return out
 
 
-__all__ = ["CostProbe", "PassMemory", "cost_sample", "counted_flops", "measure_cost"]
+__all__ = ["CostProbe", "PassMemory", "cost_sample", "counted_flops", "measure_cost", "side_by_side"]
