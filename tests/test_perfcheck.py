@@ -278,3 +278,25 @@ def test_planted_regressions_through_the_real_suite_are_caught(tmp_path):
     assert all(any("peak memory" in why for why in r.reasons) for r in result.rows)  # every benchmark, memory
     assert statistics.median(r.change for r in result.rows) < -0.12  # throughput: about -20%
     assert not result.ok
+
+
+@pytest.mark.slow
+def test_against_a_revision_runs_both_sides_in_turn_and_an_a_a_passes(tmp_path):
+    """``perf-check --against HEAD``: HEAD in a worktree and this tree, suites in turn, pooled; the
+    same code on both sides passes (and nothing is left in the worktree list)."""
+    import subprocess
+
+    root = tmp_path / "perf"
+    rc = perfcheck.main(["check", "--against", "HEAD", "--pairs", "2", "--root", str(root), "--device", "cpu",
+                         "--", "--perf-model=tiny", "--perf-docs=300,90", "--perf-budgets=32", "--perf-rounds=3",
+                         "--perf-warmup=1", "--perf-threads=1"])
+    (folder,) = [p for p in root.iterdir() if p.is_dir()]
+    text = (folder / "report.md").read_text()
+    assert rc == 0, text
+    assert "Δ 95% CI" in text and "**PASS**" in text
+    pooled = json.loads((folder / "against-current.json").read_text())
+    assert pooled["machine_info"]["ctxbench"]["pooled_runs"] == 2
+    assert all(len(b["extra_info"]["round_seconds"]) == 6 for b in pooled["benchmarks"])
+    listed = subprocess.run(["git", "worktree", "list"], cwd=Path(__file__).parents[1], capture_output=True,
+                            text=True).stdout
+    assert "perf-against-" not in listed

@@ -337,16 +337,74 @@ def render(result: CheckResult, baseline: dict[str, Any], current: dict[str, Any
 # ------------------------------------------------------------------ running the suite
 
 
-def run_suite(out: Path, device: str = "auto", pytest_args: list[str] | None = None) -> int:
-    """Run ``bench/perf`` under pytest-benchmark, writing its JSON to ``out``."""
+def run_suite(out: Path, device: str = "auto", pytest_args: list[str] | None = None,
+              source: Path | None = None) -> int:
+    """Run ``bench/perf`` under pytest-benchmark, writing its JSON to ``out``. ``source``: another
+    checkout (``--against``'s worktree) whose ctxbench, not the installed one, is measured."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", str(SUITE), "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
-           "--import-mode=importlib", f"--rootdir={SUITE}", "-c", os.devnull,
+    suite, env = SUITE, None
+    if source is not None:
+        ns = source.parent / "ns" / "ctxbench"  # a namespace of links: that tree comes first on the path
+        ns.mkdir(parents=True, exist_ok=True)
+        for top in ("bench", "tasks", "strategies"):
+            if not (ns / top).exists():
+                (ns / top).symlink_to(source / top, target_is_directory=True)
+        suite, env = source / "bench" / "perf", {**os.environ, "PYTHONPATH": str(ns.parent)}
+    cmd = [sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+           "--import-mode=importlib", f"--rootdir={suite}", "-c", os.devnull,
            f"--benchmark-json={out}", "--benchmark-disable-gc", "--benchmark-sort=name",
            "--benchmark-columns=median,iqr,min,max,rounds", f"--perf-device={device}", *(pytest_args or [])]
     print("$", " ".join(cmd), flush=True)
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env=env)
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of the suite as one: each benchmark's timed rounds concatenated (median recomputed),
+    memory the median of the runs' peaks."""
+    import statistics
+
+    out = json.loads(json.dumps(runs[0]))
+    for b in out["benchmarks"]:
+        same = [x for r in runs for x in r["benchmarks"] if x["name"] == b["name"]]
+        rounds = [t for x in same for t in (x["extra_info"].get("round_seconds") or [x["stats"]["median"]])]
+        b["extra_info"]["round_seconds"] = rounds
+        b["stats"]["median"] = statistics.median(rounds)
+        peaks = [x["extra_info"]["peak_memory_mb"] for x in same if x["extra_info"].get("peak_memory_mb") is not None]
+        if peaks:
+            b["extra_info"]["peak_memory_mb"] = statistics.median(peaks)
+    out["machine_info"].setdefault("ctxbench", {})["pooled_runs"] = len(runs)
+    return out
+
+
+def against(rev: str, folder: Path, device: str, pytest_args: list[str] | None, pairs: int = 3) -> tuple[Path, Path]:
+    """A/B in one session: ``rev`` (checked out in a temporary worktree) and this tree, their suites run
+    in turn ``pairs`` times (A, B, A, B ...) so a shared machine's drift falls on both; each side pooled."""
+    import tempfile
+
+    from ctxbench.tasks.model.measure import checkout
+
+    repo = checkout()
+    if repo is None:
+        raise SystemExit("perf-check --against needs ctxbench's git checkout (an installed wheel has none)")
+    tmp = Path(tempfile.mkdtemp(prefix="perf-against-"))
+    tree = tmp / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=repo, check=True,
+                   capture_output=True)
+    try:
+        a, b = [], []
+        for i in range(pairs):
+            for side, src, got in (("a", tree, a), ("b", None, b)):
+                out = folder / f"against-{side}{i}.json"
+                if run_suite(out, device, pytest_args, source=src) != 0 or not out.exists():
+                    raise SystemExit(f"perf-check --against: the suite failed on side {side} (run {i})")
+                got.append(_load(out))
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=repo, capture_output=True)
+    base_path, cur_path = folder / "against-base.json", folder / "against-current.json"
+    base_path.write_text(json.dumps(pooled(a)))
+    cur_path.write_text(json.dumps(pooled(b)))
+    return base_path, cur_path
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -372,6 +430,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     mid = None if (args.baseline and args.current) else machine_id(args.device)
     folder = machine_dir(mid, args.root) if mid else None
+    if args.against:
+        folder.mkdir(parents=True, exist_ok=True)
+        args.baseline, args.current = map(str, against(args.against, folder, args.device, args.pytest_args,
+                                                       args.pairs))
     base_path = Path(args.baseline) if args.baseline else folder / "baseline.json"
     if not base_path.exists():
         print(f"perf-check: no baseline for machine {mid!r} at {base_path}.\n"
@@ -432,6 +494,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--thresholds", default=str(THRESHOLDS),
                    help="thresholds JSON (default: bench/perf/thresholds.json)")
     c.add_argument("--report", help="where to write the markdown report (default: next to the current JSON)")
+    c.add_argument("--against", metavar="REV", help="A/B in one session: measure REV (a git worktree) and this "
+                   "tree in turn, --pairs times, and compare them (no stored baseline needed)")
+    c.add_argument("--pairs", type=int, default=3, help="with --against: A/B rounds of the whole suite (default 3)")
     c.add_argument("--normalise", action="store_true",
                    help="divide throughput by the matmul calibration (the old mode; raw is the default)")
     c.add_argument("--allow-missing", action="store_true", help="a baseline benchmark missing from this run passes")
