@@ -59,7 +59,8 @@ def test_measure_cost_times_the_strategy_alone():
         assert (c["utilisation"] is None) == (c["utilisation_measured"] > 1.0)
         assert c["cost_peak_mb"] is None or c["cost_peak_mb"] > 0
     assert b["cost_real_tokens"] == 4 * a["cost_real_tokens"] and b["flops_per_doc"] == 4 * a["flops_per_doc"]
-    assert b["cost_seconds_median"] > a["cost_seconds_median"]  # four windows take longer, measured
+    assert b["cost_inputs"] == 4 * a["cost_inputs"] and a["cost_seconds_median"] > 0 and b["cost_seconds_median"] > 0
+    # (no speed comparison here: timings on a shared machine belong to benchmarks, not unit tests)
 
 
 def test_utilisation_above_100_percent_is_a_flagged_error(monkeypatch):
