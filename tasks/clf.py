@@ -537,7 +537,7 @@ class Classification:
                                spec.pooler)
 
         return CostProbe(forward, inputs, tokenizer.pad_token_id,
-                         key=("clf", spec.model, spec.mode, spec.train.finetune, spec.pooler))
+                         key=("clf", spec.model, spec.mode, spec.train.finetune, spec.pooler), module=encoder)
 
     # ------------------------------------------------------------ measurements and metrics
 

@@ -656,7 +656,7 @@ class NER:
             return encoder(input_ids=x, attention_mask=mask).last_hidden_state
 
         return CostProbe(forward, inputs, p.enc.tokenizer.pad_token_id,
-                         key=("ner", spec.model, spec.mode, spec.train.finetune))
+                         key=("ner", spec.model, spec.mode, spec.train.finetune), module=encoder)
 
     def train(self, spec, ctx: Context, p: Prepared, model: TokenModel | None, item: Callable,
               head: TokenHead) -> tuple[TokenModel, dict[str, Any]]:

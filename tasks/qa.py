@@ -824,7 +824,7 @@ class ExtractiveQA:
 
         return CostProbe(forward, [[b[0] for b in doc] for doc in built], pad_id,
                          key=("qa", spec.model, spec.train.finetune, lay.token_types),
-                         types=[[b[1] for b in doc] for doc in built])
+                         types=[[b[1] for b in doc] for doc in built], module=model)
 
     # ------------------------------------------------------------ metrics and measurements
 

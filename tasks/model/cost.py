@@ -51,6 +51,7 @@ class CostProbe:
     key: tuple  # what the cost depends on besides the cell's (model, strategy, budget, precision, device)
     types: list[list[list[int]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    module: torch.nn.Module | None = None  # the model ``forward`` runs: frozen while its FLOPs are counted
 
 
 def cost_sample(n_docs: int, size: int, seed: int = 0) -> list[int]:
@@ -61,12 +62,21 @@ def cost_sample(n_docs: int, size: int, seed: int = 0) -> list[int]:
 
 
 def counted_flops(forward: Forward, length: int, device: torch.device, precision: str, key: Any,
-                  with_types: bool = False) -> float:
-    """FLOPs of one ``forward`` over one input of ``length`` real tokens, counted by torch (cached)."""
+                  with_types: bool = False, module: torch.nn.Module | None = None) -> float:
+    """FLOPs of one ``forward`` over one input of ``length`` real tokens, counted by torch (cached).
+    ``module``'s parameters are frozen meanwhile: the counter's module tracker hooks every input that
+    requires grad, and a trainable parameter passed as a module input (DistilBERT + LoRA) breaks it."""
     def fn() -> None:
         ids = torch.full((1, length), 5, dtype=torch.long, device=device)
-        with torch.inference_mode(), autocast(device, precision):
-            forward(ids, torch.ones_like(ids), torch.zeros_like(ids) if with_types else None)
+        params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            with torch.inference_mode(), autocast(device, precision):
+                forward(ids, torch.ones_like(ids), torch.zeros_like(ids) if with_types else None)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
     return counted(fn, ("cost", key, length, with_types, precision))
 
@@ -179,8 +189,8 @@ def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precis
                 types = probe.types[d] if probe.types is not None else None
                 latency.append(one_pass(doc, types, max(1, len(doc))))
     seconds = statistics.median(times)
-    flops = sum(counted_flops(probe.forward, len(x), device, precision, probe.key, flat_types is not None)
-                for x in flat)
+    flops = sum(counted_flops(probe.forward, len(x), device, precision, probe.key, flat_types is not None,
+                              probe.module) for x in flat)
     rate = statistics.median(rates)
     util = flops / seconds / (rate * 1e9) if seconds > 0 and rate > 0 else float("nan")
     out = {
