@@ -614,8 +614,10 @@ def finetuned(spec, base: Loaded, mkey: str, device: torch.device, progress: boo
         raise ConfigError(f"no usable training questions in qa.train_source={list(spec.settings.train_source)}")
     cfg = spec.settings
     # training windows never run past the model's usable positions (tasks/model/families.py)
+    # (a model with fewer positions gets shorter windows, and their overlap shrinks with them: a quarter)
     seq_len = min(cfg.train_seq_len, base.max_positions)
-    feats = train_features(items, lay, special_tokens(tok, pair=True), seq_len, cfg.train_overlap)
+    overlap = cfg.train_overlap if seq_len == cfg.train_seq_len else min(cfg.train_overlap, seq_len // 4)
+    feats = train_features(items, lay, special_tokens(tok, pair=True), seq_len, overlap)
     seed_everything(spec.seed)  # the QA head is initialised from it
     model = AutoModelForQuestionAnswering.from_pretrained(base.path, attn_implementation=base.attn_implementation)
     steps = optimizer_steps(ceil_div(len(feats), spec.train.batch_size), spec.train)
@@ -623,7 +625,8 @@ def finetuned(spec, base: Loaded, mkey: str, device: torch.device, progress: boo
     model.to(device)
     trainable, total = n_params(model, trainable=True), n_params(model)
     info = fit_qa(model, feats, spec, lay, tok.pad_token_id, device, progress)
-    info.update(counts, train_seq_len_used=seq_len, trainable_params=trainable, total_params=total,
+    info.update(counts, train_seq_len_used=seq_len, train_overlap_used=overlap, trainable_params=trainable,
+                total_params=total,
                 finetune=spec.train.finetune,
                 train_key=key, base_model=spec.model)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
