@@ -195,6 +195,14 @@ class FinetuneModel(nn.Module):
         return self.head(x.to(self.device), m.to(self.device))
 
 
+def pooled_forward(encoder: nn.Module, pooler: str) -> Callable:
+    """The inference forward the cost pass times for clf: the encoder and pooling of a batch of windows."""
+    def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+        return pool_hidden(encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float(), mask, pooler)
+
+    return forward
+
+
 def group_size(g) -> int:
     return int(g.shape[0]) if isinstance(g, torch.Tensor) else sum(len(x) for x in g)
 
@@ -335,10 +343,7 @@ class Classification:
         if not inputs["sliding"]:
             return {}
 
-        def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
-            return pool_hidden(enc.model(input_ids=ids, attention_mask=mask).last_hidden_state.float(), mask,
-                               spec.pooler)
-
+        forward = pooled_forward(enc.model, spec.pooler)
         t = side_by_side(forward, inputs, enc.tokenizer.pad_token_id, ctx.device, spec.batch_size, spec.precision)
         return {"measured_docs": len(docs), "measured_windows_all": len(inputs["all"]),
                 "measured_windows_sliding": len(inputs["sliding"]), "measured_s_all": t["all"],
@@ -532,11 +537,7 @@ class Classification:
         idx = cost_sample(len(data.ids["test"]), spec.cost_docs, spec.data_seed)
         inputs = [[build_input(tokenizer, data.ids["test"][i], w) for w in windows["test"][i]] for i in idx]
 
-        def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
-            return pool_hidden(encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float(), mask,
-                               spec.pooler)
-
-        return CostProbe(forward, inputs, tokenizer.pad_token_id,
+        return CostProbe(pooled_forward(encoder, spec.pooler), inputs, tokenizer.pad_token_id,
                          key=("clf", spec.model, spec.mode, spec.train.finetune, spec.pooler), module=encoder)
 
     # ------------------------------------------------------------ measurements and metrics

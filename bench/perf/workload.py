@@ -29,11 +29,8 @@ import time
 
 import copy
 import os
-import resource
-import sys
 import traceback
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -42,6 +39,7 @@ from transformers import AutoModel, AutoTokenizer  # noqa: F401  (preloaded in t
 
 import ctxbench.strategies as strategies
 from ctxbench.tasks.model.flops import forward_flops
+from ctxbench.tasks.model.measure import current_rss_mb, reset_rss_peak, rss_peak_mb
 from ctxbench.tasks.model.encoder import Loaded, build_input, encode, load_encoder, max_positions, sync, usable_budget
 
 # The suite's strategies: the sweep's defaults, with the window caps lowered so a 2-core CPU
@@ -248,39 +246,6 @@ def _prepare_finetune(enc: Loaded, workload: Workload, cell: Cell, device: torch
 
 
 # ------------------------------------------------------------------ memory
-
-
-def _status_kb(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def current_rss_mb() -> float | None:
-    kb = _status_kb("VmRSS")
-    return kb / 1024 if kb is not None else None
-
-
-def reset_rss_peak() -> bool:
-    """Reset the kernel's RSS high-water mark of this process (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def rss_peak_mb() -> float:
-    kb = _status_kb("VmHWM")
-    if kb is not None:
-        return kb / 1024
-    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return ru / 1024 if sys.platform != "darwin" else ru / 2**20
 
 
 def memory_in_process(prepared: Prepared, device: torch.device) -> dict[str, Any]:

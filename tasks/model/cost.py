@@ -28,14 +28,14 @@ import ctypes
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ctxbench.tasks.model.encoder import autocast, compute_dtype, forward_batched, sync
-from ctxbench.tasks.model.flops import Calibrator, counted
+from ctxbench.tasks.model.encoder import compute_dtype, forward_batched, sync
+from ctxbench.tasks.model.flops import Calibrator, count_forward
+from ctxbench.tasks.model.measure import current_rss_mb, reset_rss_peak, rss_peak_mb
 
 Forward = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], Any]
 
@@ -61,41 +61,11 @@ def cost_sample(n_docs: int, size: int, seed: int = 0) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(n_docs, size=size, replace=False).tolist())
 
 
-def counted_flops(forward: Forward, length: int, device: torch.device, precision: str, key: Any,
-                  with_types: bool = False, module: torch.nn.Module | None = None) -> float:
-    """FLOPs of one ``forward`` over one input of ``length`` real tokens, counted by torch (cached).
-    ``module``'s parameters are frozen meanwhile: the counter's module tracker hooks every input that
-    requires grad, and a trainable parameter passed as a module input (DistilBERT + LoRA) breaks it."""
-    def fn() -> None:
-        ids = torch.full((1, length), 5, dtype=torch.long, device=device)
-        params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
-        for p in params:
-            p.requires_grad_(False)
-        try:
-            with torch.inference_mode(), autocast(device, precision):
-                forward(ids, torch.ones_like(ids), torch.zeros_like(ids) if with_types else None)
-        finally:
-            for p in params:
-                p.requires_grad_(True)
-
-    return counted(fn, ("cost", key, length, with_types, precision))
-
-
 def _malloc_trim() -> None:
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _status_kb(field_name: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 class PassMemory:
@@ -112,12 +82,8 @@ class PassMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
         _malloc_trim()
-        self.base = _status_kb("VmRSS")
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            self.reset = True
-        except OSError:
-            self.reset = False
+        self.base = current_rss_mb()
+        self.reset = reset_rss_peak()  # VmHWM back to the current RSS
         return self
 
     def __exit__(self, *exc) -> None:
@@ -127,13 +93,23 @@ class PassMemory:
             self.out = {"cost_peak_mb": peak / 2**20, "cost_activation_mb": (peak - self.base) / 2**20,
                         "cost_memory_kind": "cuda max allocated after a reset, and above the loaded model"}
             return
-        peak = _status_kb("VmHWM")
-        if not self.reset or peak is None or self.base is None:
+        if not self.reset or self.base is None:
             self.out = {"cost_peak_mb": None, "cost_activation_mb": None,
                         "cost_memory_kind": "unavailable: no /proc/self/clear_refs to reset the RSS high-water mark"}
             return
-        self.out = {"cost_peak_mb": peak / 1024, "cost_activation_mb": (peak - self.base) / 1024,
+        peak = rss_peak_mb()
+        self.out = {"cost_peak_mb": peak, "cost_activation_mb": peak - self.base,
                     "cost_memory_kind": "cpu resident high-water mark reset before the pass, and above the RSS then"}
+
+
+def timed_pass(forward: Forward, inputs: list[list[int]], pad_id: int, device: torch.device, batch_size: int,
+               precision: str = "auto", types: list[list[int]] | None = None) -> float:
+    """Seconds of one pass over ``inputs`` through the batched path, CUDA synchronised around it."""
+    sync(device)
+    t0 = time.perf_counter()
+    forward_batched(forward, inputs, pad_id, device, lambda out, r, i: None, batch_size, None, precision, types)
+    sync(device)
+    return time.perf_counter() - t0
 
 
 def side_by_side(forward: Forward, sets: dict[str, list[list[int]]], pad_id: int, device: torch.device,
@@ -144,12 +120,9 @@ def side_by_side(forward: Forward, sets: dict[str, list[list[int]]], pad_id: int
     with torch.inference_mode():
         for r in range(repeats + 1):
             for name, inputs in sets.items():
-                sync(device)
-                t0 = time.perf_counter()
-                forward_batched(forward, inputs, pad_id, device, lambda out, i, j: None, batch_size, None, precision)
-                sync(device)
+                seconds = timed_pass(forward, inputs, pad_id, device, batch_size, precision)
                 if r:
-                    times[name].append(time.perf_counter() - t0)
+                    times[name].append(seconds)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -166,12 +139,7 @@ def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precis
         return {"cost_docs": docs, "cost_note": "the cost sample made no model inputs"}
 
     def one_pass(inputs, types, bs) -> float:
-        sync(device)
-        t0 = time.perf_counter()
-        forward_batched(probe.forward, inputs, probe.pad_id, device, lambda out, r, i: None, bs, None, precision,
-                        types)
-        sync(device)
-        return time.perf_counter() - t0
+        return timed_pass(probe.forward, inputs, probe.pad_id, device, bs, precision, types)
 
     cal = Calibrator(device, compute_dtype(device, precision))
     with torch.inference_mode():
@@ -189,8 +157,8 @@ def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precis
                 types = probe.types[d] if probe.types is not None else None
                 latency.append(one_pass(doc, types, max(1, len(doc))))
     seconds = statistics.median(times)
-    flops = sum(counted_flops(probe.forward, len(x), device, precision, probe.key, flat_types is not None,
-                              probe.module) for x in flat)
+    flops = sum(count_forward(probe.forward, len(x), device, ("cost", probe.key), module=probe.module,
+                              precision=precision, with_types=flat_types is not None) for x in flat)
     rate = statistics.median(rates)
     util = flops / seconds / (rate * 1e9) if seconds > 0 and rate > 0 else float("nan")
     out = {
@@ -210,4 +178,4 @@ def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precis
     return out
 
 
-__all__ = ["CostProbe", "PassMemory", "cost_sample", "counted_flops", "measure_cost", "side_by_side"]
+__all__ = ["CostProbe", "PassMemory", "cost_sample", "measure_cost", "side_by_side", "timed_pass"]

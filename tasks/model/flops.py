@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ctxbench.tasks.model.encoder import compute_dtype
+from ctxbench.tasks.model.encoder import autocast, compute_dtype
 
 _COUNTED: dict[Any, float] = {}
 _CPU_SDPA: list[bool] = []
@@ -59,23 +59,53 @@ def counted(fn: Callable[[], Any], key: Any) -> float:
     return _COUNTED[key]
 
 
+def count_forward(forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], Any], length: int,
+                  device: torch.device, key: Any, module: torch.nn.Module | None = None, precision: str = "auto",
+                  with_types: bool = False) -> float:
+    """FLOPs of one inference ``forward(ids, mask, types)`` over one input of ``length`` real tokens,
+    cached under (``key``, length). ``module``'s parameters are frozen meanwhile: the counter's module
+    tracker hooks every input that requires grad, and a trainable parameter passed as a module input
+    (DistilBERT + LoRA) breaks it."""
+    def fn() -> None:
+        ids = torch.full((1, length), 5, dtype=torch.long, device=device)
+        params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            with torch.inference_mode(), autocast(device, precision):
+                forward(ids, torch.ones_like(ids), torch.zeros_like(ids) if with_types else None)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    return counted(fn, (key, length, with_types, precision))
+
+
+def architecture_key(model: torch.nn.Module) -> Any:
+    """What a model's FLOPs depend on: its class and config (an ``id()`` can be reused by a later model)."""
+    config = getattr(model, "config", None)
+    return (type(model).__qualname__, config.to_json_string() if config is not None else id(model))
+
+
 def forward_flops(model: torch.nn.Module, lengths: Sequence[int], device: torch.device, key: Any = None,
                   backward: bool = False) -> float:
     """Counted FLOPs of ``model`` (``input_ids``/``attention_mask`` -> ``last_hidden_state``) over
     inputs of the given real lengths; ``backward``: forward + backward (a training step's matmuls)."""
+    key = key if key is not None else architecture_key(model)
     total = 0.0
     for length, n in Counter(int(x) for x in lengths).items():
+        if not backward:
+            total += n * count_forward(lambda ids, mask, types: model(input_ids=ids, attention_mask=mask), length,
+                                       device, key, module=model, precision="float32")
+            continue
+
         def fn(length=length) -> None:
             ids = torch.full((1, length), 5, dtype=torch.long, device=device)
-            if not backward:
-                with torch.inference_mode():
-                    model(input_ids=ids, attention_mask=torch.ones_like(ids))
-                return
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
             out.float().sum().backward()
             model.zero_grad(set_to_none=True)
 
-        total += n * counted(fn, (key if key is not None else id(model), length, backward))
+        total += n * counted(fn, (key, length, backward))
     return total
 
 
@@ -159,4 +189,5 @@ def utilisation(flops: float, seconds: float, peak_gflops: float) -> float:
     return flops / seconds / (peak_gflops * 1e9)
 
 
-__all__ = ["Calibrator", "calibrate", "counted", "forward_flops", "utilisation"]
+__all__ = ["Calibrator", "architecture_key", "calibrate", "count_forward", "counted", "forward_flops",
+           "utilisation"]

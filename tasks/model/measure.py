@@ -26,6 +26,42 @@ def peak_rss_mb() -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
+def _status_kb(key: str) -> int | None:
+    """A field of /proc/self/status in KiB (Linux), or None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def current_rss_mb() -> float | None:
+    """Resident set size of this process now (Linux), or None."""
+    kb = _status_kb("VmRSS")
+    return kb / 1024 if kb is not None else None
+
+
+def reset_rss_peak() -> bool:
+    """Reset the kernel's RSS high-water mark of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_peak_mb() -> float:
+    """The RSS high-water mark (since the last ``reset_rss_peak``), else the lifetime ru_maxrss."""
+    kb = _status_kb("VmHWM")
+    if kb is not None:
+        return kb / 1024
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ru / 1024 if sys.platform != "darwin" else ru / 2**20
+
+
 @contextmanager
 def peak_memory(device: torch.device) -> Iterator[dict]:
     """CUDA: max allocated during the block. CPU: the process's peak RSS after it

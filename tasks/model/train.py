@@ -62,7 +62,8 @@ def fit(model: nn.Module, batches: Batches, loss: Loss, train, seed: int, device
     size, rank = (acc.num_processes, acc.process_index) if data_parallel else (1, 0)
     net = acc.prepare_model(model, device_placement=False) if size > 1 else model
     gen = torch.Generator().manual_seed(seed)
-    per_epoch = len(batches(None))
+    natural = batches(None)
+    per_epoch = len(natural)
     if per_epoch == 0:
         raise ConfigError("nothing to train on: the training split gave no examples")
     total = optimizer_steps(per_epoch, train)
@@ -80,10 +81,10 @@ def fit(model: nn.Module, batches: Batches, loss: Loss, train, seed: int, device
     else:
         raise ConfigError(f"train.optimizer must be adamw or lbfgs, got {train.optimizer!r}")
     rec = {"seen": 0, "tokens": 0, "steps": 0}
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []  # detached, read once at the end: no device sync per step
     best, best_state, bad, epochs_run, t_train = -float("inf"), None, 0, 0, 0.0
     max_epochs = train.epochs if not fixed_steps else ceil_div(total * train.grad_accum, per_epoch)
-    everything = sorted(i for b in batches(None) for i in b)  # L-BFGS: one full batch
+    everything = sorted(i for b in natural for i in b)  # L-BFGS: one full batch
 
     def count(idx: Sequence[int]) -> None:
         rec["seen"] += len(idx)
@@ -103,7 +104,7 @@ def fit(model: nn.Module, batches: Batches, loss: Loss, train, seed: int, device
                     value.backward()
                     return value
 
-                losses.append(float(opt.step(closure)))
+                losses.append(opt.step(closure).detach())
                 rec["steps"] += 1
                 count(everything)
             else:
@@ -116,7 +117,7 @@ def fit(model: nn.Module, batches: Batches, loss: Loss, train, seed: int, device
                         value = loss(net, mine)
                         if value is not None:
                             acc.backward(value if weight == 1.0 else value * weight)  # divides by grad_accum
-                            losses.append(float(value.detach()))
+                            losses.append(value.detach())
                     count(idx)
                     if last:
                         acc.clip_grad_norm_(params, 1.0)
@@ -146,6 +147,7 @@ def fit(model: nn.Module, batches: Batches, loss: Loss, train, seed: int, device
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    losses = torch.stack(losses).float().cpu().tolist() if losses else []
     k = max(1, len(losses) // 10)
     return {"epochs_run": epochs_run, "optimizer_steps": rec["steps"], "planned_steps": total,
             "best_val": best if evaluate is not None else None, "train_seconds": t_train,
