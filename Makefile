@@ -16,7 +16,7 @@ ARGS    ?=
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test bench table report perf perf-check lint clean
+.PHONY: install test bench table report perf perf-check perf-proof lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ perf: $(STAMP)
 # The same suite compared with this machine's committed baseline: exit 0 ok, 1 regression, 2 no baseline.
 perf-check: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m ctxbench.bench.perf.check check $(if $(PERF_ARGS),-- $(PERF_ARGS))
+
+# The gate's own proof on this machine: a baseline, then 3 A/A checks (must pass) and 3 each with a planted 20%
+# slowdown and a planted 20% rise in peak memory (must fail); reports in results/perf/<machine-id>/proof/ (~20 min).
+perf-proof: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m ctxbench.bench.perf.proof $(if $(PERF_ARGS),-- $(PERF_ARGS))
 
 # ruff, and the one-way layering (strategies <- tasks <- bench, deferred imports included; pyproject.toml).
 lint: $(STAMP)

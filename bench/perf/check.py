@@ -219,7 +219,6 @@ def check(baseline: dict[str, Any], current: dict[str, Any], thresholds: dict[st
     regression. Without rounds on a side (an old baseline) the point estimate is compared. Raw
     throughput by default: normalising by a separately timed matmul added noise (an A/A run failed
     with it); ``normalise=True`` keeps that mode for comparison."""
-    """Compare two pytest-benchmark JSON documents benchmark by benchmark (a pure function)."""
     thresholds = thresholds if thresholds is not None else load_thresholds()
     base, cur = benches(baseline), benches(current)
     notes = []
