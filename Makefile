@@ -16,7 +16,7 @@ ARGS    ?=
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test bench table report perf perf-check perf-proof lint clean
+.PHONY: install test bench table report study perf perf-check perf-proof lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ table: $(STAMP)
 # The static HTML leaderboard (results/index.html), built from the JSONL alone.
 report: $(STAMP)
 	$(OFFLINE) $(BIN)/ctxbench report
+
+# The long-document study (bench/studies/long_documents.py): its parts in order, resumable by run_id, then its
+# tables, plots and README under results/studies/long_documents/. PARTS=books,core runs only those parts.
+study: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m ctxbench.bench.studies.long_documents run --quiet $(if $(PARTS),--parts $(PARTS))
 
 # Throughput/memory suite (pytest-benchmark) on whatever device is present; the results go to
 # results/perf/<machine-id>/latest.json, and the first run on a machine seeds its baseline.json.

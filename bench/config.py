@@ -8,6 +8,7 @@ is what the spec, the run_id and the tables hold.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from importlib import resources
 import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -118,7 +119,13 @@ class RunSpec:
         d = dataclasses.asdict(self)
         del d["settings"]  # a spec holds only its own task's settings, under the task's name
         if self.settings is not None:
-            d[self.task] = dataclasses.asdict(self.settings)
+            own = dataclasses.asdict(self.settings)
+            default = type(self.settings)()
+            for name in getattr(self.settings, "later_fields", ()):  # added later: absent at their default
+                if own.get(name) == getattr(default, name):
+                    del own[name]
+            if own:
+                d[self.task] = own
         d["strategy"] = {"name": self.strategy.name, "params": dict(self.strategy.params), "label": self.strategy.label}
         for name in LATER_FIELDS:
             if getattr(self, name) == _DEFAULTS[name]:
@@ -148,15 +155,17 @@ class Sweep:
     cost_docs: int = 16
     cost_repeats: int = 5
     settings: Any = None  # built from the YAML key named after the task (load_sweep)
+    variants: tuple[Any, ...] = ()  # the task settings per value of a grid axis (Settings.grid_keys); () = (settings,)
 
     def cells(self) -> list[RunSpec]:
         if not self.strategies:
             raise ConfigError("the sweep names no strategies (strategies: [...] is empty)")
         shared = {f.name: getattr(self, f.name) for f in fields(RunSpec) if hasattr(self, f.name)}
-        for key in ("strategy", "budget", "seed"):
+        for key in ("strategy", "budget", "seed", "settings"):
             shared.pop(key, None)
         return [
-            RunSpec(strategy=s, budget=b, seed=seed, **shared)
+            RunSpec(strategy=s, budget=b, seed=seed, settings=v, **shared)
+            for v in (self.variants or (self.settings,))
             for b in self.budgets
             for s in self.strategies
             for seed in self.seeds
@@ -318,13 +327,17 @@ def load_sweep(path_or_task: str, overrides: list[str] = (), profile: str | None
     task = data.get("task", Sweep.task)
     settings_cls = getattr(get_task(task), "Settings", None)  # unknown task names: "did you mean"
     raw = data.pop(task, None) if settings_cls is not None else None
-    valid = [f.name for f in fields(Sweep) if f.name != "settings"] + ([task] if settings_cls else [])
+    valid = [f.name for f in fields(Sweep) if f.name not in ("settings", "variants")] + ([task] if settings_cls else [])
     for key in data:
         if key not in valid:  # another task's settings key is unknown here too
             raise _err_unknown(key, valid, path.name)
     sweep = _build(Sweep, data, path.name)
     if settings_cls is not None:
-        sweep = dataclasses.replace(sweep, settings=_build(settings_cls, raw or {}, f"{path.name}: {task}"))
+        raw = dict(raw or {})
+        axes = {k: raw.pop(k) for k in getattr(settings_cls, "grid_keys", ()) if isinstance(raw.get(k), list)}
+        variants = [dict(raw, **dict(zip(axes, combo))) for combo in itertools.product(*axes.values())]
+        built = tuple(_build(settings_cls, v, f"{path.name}: {task}") for v in variants)
+        sweep = dataclasses.replace(sweep, settings=built[0], variants=built if axes else ())
     if sweep.mode == "auto":
         sweep = dataclasses.replace(sweep, mode=auto_mode(sweep.device))
     validate(sweep)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -37,9 +37,53 @@ from ctxbench.tasks.base import (LENGTH_BUCKETS, CellResult, Context, GridReport
                                  register_task)
 from ctxbench.tasks.data.checks import document_counts, problems
 from ctxbench.tasks.data.sources import SOURCES, load_clf, sample
+from ctxbench.tasks.data.transforms import TRANSFORMS, transform
 from ctxbench.tasks.model.distributed import gather_by_index, strided_share, world
 
 SPLITS = ("train", "val", "test")
+
+
+UNPUNCTUATED = ("error", "words")
+
+
+@dataclass(frozen=True)
+class ClfSettings:
+    """The clf task's settings (the YAML key ``clf``).
+
+    ``transform``: reorder each document's sentences before tokenization, in every split (``none`` |
+    ``invert`` | ``shuffle_sentences``; tasks/data/transforms.py). A list in the YAML is a grid axis:
+    ``clf: {transform: [none, invert]}`` runs every cell once per value.
+    ``min_tokens``: keep only the documents of at least this many tokens (of the sweep's tokenizer, no
+    special tokens), in every split, before sampling; the dropped ones are counted in each run's info.
+    ``unpunctuated``: what sentence-based work (selection strategies, transforms) does with text that
+    has no sentence punctuation: ``error`` (refused before the grid, with the count) or ``words``
+    (pseudo-sentences of 20 words, an explicit fallback; the documents it applied to are counted).
+    """
+
+    mode_keys: ClassVar[tuple[str, ...]] = ("transform", "min_tokens", "unpunctuated")
+    grid_keys: ClassVar[tuple[str, ...]] = ("transform",)  # a list value expands into the grid
+    later_fields: ClassVar[tuple[str, ...]] = ("transform", "min_tokens", "unpunctuated")  # omitted at default
+    transform: str = "none"
+    min_tokens: int = 0
+    unpunctuated: str = "error"
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise ConfigError(f"clf.transform must be one of {TRANSFORMS}, got {self.transform!r}")
+        if self.unpunctuated not in UNPUNCTUATED:
+            raise ConfigError(f"clf.unpunctuated must be one of {UNPUNCTUATED}, got {self.unpunctuated!r}")
+        if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+            raise ConfigError(f"clf.min_tokens must be an integer >= 0, got {self.min_tokens!r}")
+
+    @property
+    def fallback_words(self) -> int | None:
+        from ctxbench.tasks.data.sentences import FALLBACK_WORDS
+
+        return FALLBACK_WORDS if self.unpunctuated == "words" else None
+
+
+def settings_of(spec) -> ClfSettings:
+    return spec.settings if isinstance(spec.settings, ClfSettings) else ClfSettings()
 
 
 @dataclass
@@ -73,8 +117,24 @@ def load_data(spec, tokenizer, tok_key: str) -> ClfData:
     labels and of the tokenizer itself; a stale or corrupt token cache is rebuilt."""
     import warnings
 
+    from ctxbench.tasks.data.sentences import punctuated
+
+    cfg = settings_of(spec)
     dd = load_clf(spec.dataset, spec.text_col, spec.label_col)
+    dropped = {}
+    if cfg.min_tokens:
+        for s in SPLITS:
+            lengths = [len(x) for x in tokenizer(list(dd[s]["text"]), add_special_tokens=False, truncation=False,
+                                                 verbose=False)["input_ids"]]
+            keep = [i for i, n in enumerate(lengths) if n >= cfg.min_tokens]
+            dropped[f"short_docs_dropped_{s}"] = len(lengths) - len(keep)
+            dd[s] = dd[s].select(keep)
     parts = {s: sample(dd[s], getattr(spec.limits, s), spec.data_seed) for s in SPLITS}
+    unpunct = {s: sum(1 for t in parts[s]["text"] if t.strip() and not punctuated(t)) for s in SPLITS}
+    if cfg.transform != "none":
+        parts = {s: p.map(lambda b: {"text": [transform(t, cfg.transform, spec.data_seed, cfg.fallback_words)
+                                              for t in b["text"]]}, batched=True, load_from_cache_file=False)
+                 for s, p in parts.items()}
     for s in SPLITS:
         missing = sum(1 for lab in parts[s]["label"] if lab is None or not str(lab).strip())
         if missing:
@@ -94,7 +154,7 @@ def load_data(spec, tokenizer, tok_key: str) -> ClfData:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     tok_fp = content_hash(backend.to_str() if backend is not None else repr(tokenizer), TOKENIZE)
     key = content_hash(_digest(parts), tok_fp)
-    out = ClfData(key, labels, {}, {}, {}, {})
+    out = ClfData(key, labels, {}, {}, {}, {**dropped, **{f"unpunctuated_docs_{s}": n for s, n in unpunct.items()}})
     train_texts = set(parts["train"]["text"])
     for s in SPLITS:
         texts = list(parts[s]["text"])
@@ -277,6 +337,7 @@ def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable
 
 @register_task("clf")
 class Classification:
+    Settings = ClfSettings
     version = "1"
     main_metric = "macro_f1"
     higher_is_better = True
@@ -355,21 +416,33 @@ class Classification:
         enc: Loaded = ctx.get(("encoder", spec.model, str(device)), lambda: load_encoder(spec.model, device))
         mkey = ctx.get(("model_key", spec.model), lambda: model_key(enc))
         data: ClfData = ctx.get(("clf-data", spec.dataset, spec.text_col, spec.label_col, spec.data_seed, spec.limits,
-                                 mkey), lambda: load_data(spec, enc.tokenizer, mkey))
+                                 settings_of(spec), mkey), lambda: load_data(spec, enc.tokenizer, mkey))
         return enc, mkey, data
 
     def check_data(self, spec, ctx: Context) -> None:
-        """The data-level checks (labels, empty documents, a tokenizer that leaves documents empty),
-        run by the runner once per data set before the grid; the loaded data is kept for the cells."""
+        """The data-level checks (labels, empty documents, a tokenizer that leaves documents empty, text
+        without sentence punctuation under sentence-based work), run by the runner once per data set
+        before the grid; the loaded data is kept for the cells."""
         _, _, data = self._data(spec, ctx)
         check_empty(data, spec.empty_docs)
+        cfg = settings_of(spec)
+        same = [c for c in ctx.memo.get("cells", [spec]) if (c.dataset, c.settings) == (spec.dataset, spec.settings)]
+        sentence_work = cfg.transform != "none" or any("sentences" in needs(c.strategy.build()) for c in same)
+        n = sum(data.counts.get(f"unpunctuated_docs_{s}", 0) for s in SPLITS)
+        if sentence_work and n and cfg.unpunctuated == "error":
+            total = sum(len(data.ids[s]) for s in SPLITS)
+            raise ConfigError(
+                f"dataset {spec.dataset!r}: {n} of {total} sampled documents have no sentence punctuation (. ! ?), "
+                f"so sentence selection / clf.transform would see one sentence per paragraph; set "
+                f"clf.unpunctuated=words for the explicit fallback (pseudo-sentences of 20 words, counted) or drop "
+                f"the sentence-based strategies")
 
     def run(self, spec, ctx: Context) -> CellResult:
         enc, mkey, data = self._data(spec, ctx)
         check_empty(data, spec.empty_docs)
         budget = usable_budget(enc.tokenizer, enc.max_positions, spec.budget)
         strategy = spec.strategy.build()
-        windows, select_s, split_s = self._windows(strategy, ctx, data, enc, budget)
+        windows, select_s, split_s = self._windows(strategy, ctx, data, enc, budget, settings_of(spec).fallback_words)
         seed_everything(spec.seed)
         d = enc.model.config.hidden_size
         head = Head(d, len(data.labels), aggregator=strategy.pool if doc_level(strategy) else "mean",
@@ -384,7 +457,7 @@ class Classification:
         return res
 
     @staticmethod
-    def _windows(strategy, ctx: Context, data: ClfData, enc: Loaded, budget: int):
+    def _windows(strategy, ctx: Context, data: ClfData, enc: Loaded, budget: int, fallback: int | None = None):
         """Every document's windows, the time the strategy took to choose them per split (selection
         cost, reported apart from model time), and the time sentence splitting took: the views are
         built once per data set and shared by every selection cell (0.0 when none are needed)."""
@@ -394,11 +467,11 @@ class Classification:
 
             def build():
                 t0 = time.perf_counter()
-                v = {s: doc_views(data.texts[s], enc.tokenizer, lengths=[len(x) for x in data.ids[s]])
-                     for s in SPLITS}
+                v = {s: doc_views(data.texts[s], enc.tokenizer, lengths=[len(x) for x in data.ids[s]],
+                                  fallback_words=fallback) for s in SPLITS}
                 return v, time.perf_counter() - t0
 
-            views, split_s = ctx.get(("sentences", data.key, id(enc.tokenizer)), build)
+            views, split_s = ctx.get(("sentences", data.key, id(enc.tokenizer), fallback), build)
         windows, seconds = {}, {}
         for s in SPLITS:
             windows[s], seconds[s] = [], 0.0
@@ -494,12 +567,13 @@ class Classification:
             return keys
         ctx.memo[memo] = True
         same = [c for c in ctx.memo.get("cells", ()) if c.mode == "probe" and c.task == spec.task
-                and (c.dataset, c.model, c.pooler, c.budget, c.limits, c.data_seed, c.text_col, c.label_col)
-                == (spec.dataset, spec.model, spec.pooler, spec.budget, spec.limits, spec.data_seed,
-                    spec.text_col, spec.label_col)]
+                and (c.dataset, c.model, c.pooler, c.budget, c.limits, c.data_seed, c.text_col, c.label_col,
+                     c.settings) == (spec.dataset, spec.model, spec.pooler, spec.budget, spec.limits, spec.data_seed,
+                                     spec.text_col, spec.label_col, spec.settings)]
         out = list(keys)
         for strat in {c.strategy for c in same} - {spec.strategy}:
-            windows, _, _ = Classification._windows(strat.build(), ctx, data, enc, budget)
+            windows, _, _ = Classification._windows(strat.build(), ctx, data, enc, budget,
+                                                    settings_of(spec).fallback_words)
             out += [(s, i, w) for s in SPLITS for i, ws in enumerate(windows[s]) for w in ws]
         return out
 
@@ -568,4 +642,6 @@ class Classification:
                  for i in range(len(y))]
         info = {"budget": budget, "attn_implementation": enc.attn_implementation, "dtype": enc.dtype,
                 "labels": len(data.labels), **data.counts}
+        if spec.dataset in SOURCES and SOURCES[spec.dataset].provenance:
+            info["provenance"] = SOURCES[spec.dataset].provenance
         return CellResult(metrics, measurements, preds, info)

@@ -203,12 +203,19 @@ def test_fold_windows_pools_by_hand():
 
 
 def test_selection_and_adaptive_strategies_run_through_the_task(tiny_model, tiny_data, tmp_path, cache_env):
-    sweep = sweep_for(tiny_model, tiny_data, "strategies=[textrank, tfidf_select, random_select, head_select,"
-                      " adaptive]", "budgets=[16]")
+    strategies = "strategies=[textrank, tfidf_select, random_select, head_select, adaptive]"
+    # the tiny documents hold no sentence punctuation: refused before the grid, naming the fallback
+    with pytest.raises(ConfigError, match=r"114 of 114 sampled documents have no sentence punctuation.*"
+                                          r"clf.unpunctuated=words"):
+        run(sweep_for(tiny_model, tiny_data, strategies, "budgets=[16]"), tmp_path / "refused")
+    assert not (tmp_path / "refused" / "clf" / "runs.jsonl").exists()
+    sweep = sweep_for(tiny_model, tiny_data, strategies, "budgets=[16]", "clf.unpunctuated=words")
     assert run(sweep, tmp_path / "r").ok
     runs = read_jsonl(tmp_path / "r" / "clf" / "runs.jsonl")
     assert len(runs) == 5
     for r in runs:
+        assert r["info"]["unpunctuated_docs_test"] == 30  # the explicit fallback, counted
+        assert r["spec"]["clf"] == {"unpunctuated": "words"}
         m = r["measurements"]
         assert 0 < m["coverage"] <= 1
         # selection time is recorded for the strategies that select sentences, and only for them

@@ -66,6 +66,7 @@ UP, DOWN = "▲", "▼"
 # Mirrors tasks.base.LENGTH_BUCKETS (a test checks it): importing tasks would load torch.
 BUCKETS = ("<=b", "b-2b", "2b-4b", ">4b")
 REFERENCE = "head"
+BEST = "@best"  # as a reference: each budget's best strategy by its point estimate (recommendation tables)
 GROUP_KEYS = ["task", "dataset", "data_label", "model", "mode", "sample"]
 
 
@@ -191,6 +192,7 @@ class _BudgetStats:
     vs_ref: dict[str, stats.Comparison] = field(default_factory=dict)
     se: dict[str, tuple[float, float]] = field(default_factory=dict)  # difference's SE: (two-level, units only)
     buckets: dict[tuple[str, str], tuple[int, stats.Interval]] = field(default_factory=dict)
+    reference: str | None = None  # what vs_ref compares against (head, or the budget's best with BEST)
 
 
 def cluster_key(row: dict[str, Any]) -> Any:
@@ -203,9 +205,11 @@ def cluster_key(row: dict[str, Any]) -> Any:
 
 
 def _budget_stats(task: str, main: str, sub: pd.DataFrame, root: str | Path | None, n_boot: int, seed: int,
-                  alpha: float, notes: list[str], where: dict[str, Any] | None = None) -> _BudgetStats:
-    """CIs, tests against head and buckets for all strategies at one budget, on shared resamples
-    (``where``: only the sidecar rows with these field values, e.g. one QA ``k``)."""
+                  alpha: float, notes: list[str], where: dict[str, Any] | None = None,
+                  reference: str = REFERENCE) -> _BudgetStats:
+    """CIs, tests against the reference (head, or with ``BEST`` the budget's best strategy) and buckets
+    for all strategies at one budget, on shared resamples (``where``: only the sidecar rows with these
+    field values, e.g. one QA ``k``)."""
     out = _BudgetStats()
     preds = {rid: read_predictions(root, run) for rid, run in sub.set_index("run_id", drop=False).iterrows()}
     if where:
@@ -273,10 +277,15 @@ def _budget_stats(task: str, main: str, sub: pd.DataFrame, root: str | Path | No
         for b, rows_b in members.items():
             iv = stats.bca_interval(points[(s, b)], dists[(s, b)][0], jacks[(s, b)], alpha)
             out.buckets[(s, b)] = (len(rows_b), iv)
-    if REFERENCE in usable:
-        ref = (REFERENCE, None)
+    if reference == BEST:
+        hib = bool(sub["higher_is_better"].iloc[0])
+        pick = max if hib else min
+        reference = pick(usable, key=lambda s: points[(s, None)])
+    if reference in usable:
+        out.reference = reference
+        ref = (reference, None)
         for s in usable:
-            if s != REFERENCE:
+            if s != reference:
                 key = (s, None)
                 both, only = dists[key][0] - dists[ref][0], dists[key][1] - dists[ref][1]
                 out.vs_ref[s] = stats.compare(points[key] - points[ref], both, jacks[key] - jacks[ref], alpha)
@@ -322,9 +331,10 @@ def group_title(keys: dict[str, Any], show_sample: bool) -> str:
 
 
 def cell_frames(df: pd.DataFrame, root: str | Path | None, n_boot: int = stats.N_BOOT, seed: int = 0,
-                alpha: float = stats.ALPHA, where: dict[str, Any] | None = None
+                alpha: float = stats.ALPHA, where: dict[str, Any] | None = None, reference: str = REFERENCE
                 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Runs -> one row per (group, strategy, budget) and one per (…, length bucket)."""
+    """Runs -> one row per (group, strategy, budget) and one per (…, length bucket). ``reference``:
+    what the ``*_vs_head`` columns compare against (``BEST``: each budget's best; column ``reference``)."""
     cells, buckets, notes = [], [], []
     if df.empty:
         return pd.DataFrame(), pd.DataFrame(), notes
@@ -337,13 +347,14 @@ def cell_frames(df: pd.DataFrame, root: str | Path | None, n_boot: int = stats.N
         common = {**kd, "group": title, "group_id": _slug(title), "main_metric": main,
                   "higher_is_better": bool(group["higher_is_better"].iloc[0])}
         for budget, sub in group.groupby("budget", sort=True):
-            bs = _budget_stats(kd["task"], main, sub, root, n_boot, seed, alpha, notes, where)
+            bs = _budget_stats(kd["task"], main, sub, root, n_boot, seed, alpha, notes, where, reference)
             for strategy in _strategy_order(sub["strategy"]):
                 runs = sub[sub["strategy"] == strategy].sort_values("seed")
                 ci, cmp = bs.ci.get(strategy), bs.vs_ref.get(strategy)
                 ciu = bs.ci_units.get(strategy)
                 se_both, se_units = bs.se.get(strategy, (np.nan, np.nan))
-                row = {**common, "budget": int(budget), "strategy": strategy, "n_seeds": len(runs),
+                row = {**common, "budget": int(budget), "strategy": strategy, "reference": bs.reference,
+                       "n_seeds": len(runs),
                        "seeds": ",".join(str(s) for s in runs["seed"]),
                        "n_examples": bs.n_examples if ci else np.nan, "n_units": bs.n_units if ci else np.nan,
                        "metric": runs["metric"].mean(), "metric_std": runs["metric"].std(ddof=1),

@@ -22,6 +22,11 @@ character lies; tokens before the first sentence start join the first sentence,
 and a boundary that falls inside a token moves to the token's end. Sentences
 that would own no token vanish (their characters join the neighbouring span).
 A span's text is the text its tokens cover.
+
+Text with no sentence punctuation at all (orange3's 20 Newsgroups copy has none) gives
+pysbd nothing to cut: one "sentence" per paragraph. :func:`punctuated` tells such text
+apart; a caller either refuses it (clf's ``unpunctuated: error``, the default) or asks
+for the explicit fallback ``words=N``: pseudo-sentences of N words, counted by the caller.
 """
 from __future__ import annotations
 
@@ -43,6 +48,19 @@ _BREAK = r"(?:\r\n|\r|\n)"
 _PARAGRAPH_BREAK = re.compile(rf"{_BREAK}(?:[^\S\r\n]*{_BREAK})+")  # a line break, blank lines, a line break
 _LINE_BREAK = re.compile(_BREAK)
 _WHITESPACE = re.compile(r"\s")
+_SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f]")
+_WORD = re.compile(r"\S+")
+FALLBACK_WORDS = 20  # the pseudo-sentence length of the unpunctuated-text fallback
+
+
+def punctuated(text: str) -> bool:
+    """Whether ``text`` holds any sentence-final punctuation mark (. ! ? and their CJK forms)."""
+    return _SENTENCE_END.search(text) is not None
+
+
+def word_starts(text: str, words: int = FALLBACK_WORDS) -> list[int]:
+    """The fallback for unpunctuated text: a pseudo-sentence starts every ``words`` words."""
+    return sorted({0} | {m.start() for k, m in enumerate(_WORD.finditer(text)) if k and k % words == 0})
 
 
 @lru_cache(maxsize=1)
@@ -64,8 +82,11 @@ def _pieces(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return out
 
 
-def sentence_starts(text: str, join_lines: bool = True) -> list[int]:
-    """Sorted character offsets at which sentences start (always including 0)."""
+def sentence_starts(text: str, join_lines: bool = True, fallback_words: int | None = None) -> list[int]:
+    """Sorted character offsets at which sentences start (always including 0). ``fallback_words``:
+    text without sentence punctuation is cut every that many words instead (see :func:`punctuated`)."""
+    if fallback_words and not punctuated(text):
+        return word_starts(text, fallback_words)
     starts = {0}
     segment = _segmenter().segment
     prev = 0
@@ -111,8 +132,9 @@ def _encode(texts: list[str], tokenizer: Any) -> list[list[tuple[int, int]]]:
     return [[(int(s), int(e)) for s, e in offs] for offs in enc["offset_mapping"]]
 
 
-def _from_offsets(text: str, offsets: list[tuple[int, int]], join_lines: bool) -> tuple[list[Span], list[str]]:
-    spans = _token_spans(sentence_starts(text, join_lines) if offsets else [], offsets)
+def _from_offsets(text: str, offsets: list[tuple[int, int]], join_lines: bool,
+                  fallback_words: int | None = None) -> tuple[list[Span], list[str]]:
+    spans = _token_spans(sentence_starts(text, join_lines, fallback_words) if offsets else [], offsets)
     texts = [text[offsets[s][0]:max(e_ for _, e_ in offsets[s:e])] for s, e in spans]
     return spans, texts
 
@@ -140,8 +162,9 @@ def doc_view(text: str, tokenizer: Any, query: str | None = None, key: str | Non
 
 def doc_views(texts: Sequence[str], tokenizer: Any, queries: Sequence[str | None] | None = None,
               keys: Sequence[str] | None = None, lengths: Sequence[int] | None = None,
-              join_lines: bool = True) -> list[DocView]:
-    """Batched :func:`doc_view` (one tokenizer call for the batch)."""
+              join_lines: bool = True, fallback_words: int | None = None) -> list[DocView]:
+    """Batched :func:`doc_view` (one tokenizer call for the batch). ``fallback_words``: see
+    :func:`sentence_starts`."""
     texts = list(texts)
     for name, seq in (("queries", queries), ("keys", keys), ("lengths", lengths)):
         if seq is not None and len(seq) != len(texts):
@@ -151,7 +174,7 @@ def doc_views(texts: Sequence[str], tokenizer: Any, queries: Sequence[str | None
         if lengths is not None and lengths[i] != len(offsets):
             raise ValueError(f"doc_views: document {i} has {lengths[i]} ids but tokenizes to {len(offsets)} "
                              f"tokens here; build the views with the task's tokenizer and text")
-        spans, sent_texts = _from_offsets(text, offsets, join_lines)
+        spans, sent_texts = _from_offsets(text, offsets, join_lines, fallback_words)
         out.append(DocView(
             sentences=tuple(spans),
             texts=tuple(sent_texts),
@@ -159,3 +182,9 @@ def doc_views(texts: Sequence[str], tokenizer: Any, queries: Sequence[str | None
             key=doc_key(text) if keys is None else keys[i],
         ))
     return out
+
+
+def sentences(text: str, fallback_words: int | None = None) -> list[str]:
+    """The text cut into its sentences (stripped, empty ones dropped), for document transforms."""
+    starts = sentence_starts(text, True, fallback_words) + [len(text)]
+    return [p for a, z in itertools.pairwise(starts) if (p := text[a:z].strip())]

@@ -1,0 +1,78 @@
+"""The long-document study: which context strategy wins on genuinely long documents, and why.
+
+``python -m ctxbench.bench.studies.long_documents [run] [--parts a,b] [--results DIR]`` (``make study``)
+runs the parts of ``bench/configs/long_documents.yaml`` in order, each through the ordinary runner into
+``results/studies/long_documents/clf/runs.jsonl`` (resumable by run_id: a rerun measures only the missing
+cells), then writes the study's tables, plots and README from those runs alone. ``report`` rewrites the
+outputs without running anything.
+
+Parts (most informative first, so a stopped run has the core):
+
+=============  =================================================================================================
+books          orange3's 140 book excerpts, every strategy, budgets 510..64, 5 seeds (28 test documents)
+core           all 3,824 NewsArticles, every strategy (selection and adaptive included), 510..64, 5 seeds
+transforms     NewsArticles inverted and sentence-shuffled (Park et al. 2022), position readers at b = 128
+smollm2        SmolLM2-135M ``full`` at 4,096 / 2,048 / 1,024 on a fixed 300 / 60 / 200 subsample
+minilm_pair    MiniLM head / sliding / hierarchical at 510 on that subsample (the model-vs-model pairing)
+20ng_long      the > 512-token part of orange3's 20 Newsgroups (no punctuation: the 20-word fallback)
+finetune       MiniLM fine-tuned at equal optimizer steps (150) on a 400 / 100 / 300 subsample, b = 256
+=============  =================================================================================================
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+CONFIG = "long_documents"
+ROOT = Path("results") / "studies" / "long_documents"
+PARTS = {"books": "books", "core": None, "transforms": "transforms", "smollm2": "smollm2",
+         "minilm_pair": "minilm_pair", "20ng_long": "20ng_long", "finetune": "finetune"}
+
+
+def sweeps(parts: list[str] | None = None) -> list[tuple[str, object]]:
+    from ctxbench.bench.config import load_sweep
+
+    names = parts or list(PARTS)
+    unknown = [p for p in names if p not in PARTS]
+    if unknown:
+        raise SystemExit(f"unknown part(s) {unknown}; parts: {', '.join(PARTS)}")
+    return [(name, load_sweep(CONFIG, profile=PARTS[name])) for name in names]
+
+
+def run(parts: list[str] | None, root: Path, progress: bool = True) -> int:
+    from ctxbench.bench.run.runner import run_sweep
+
+    failed = 0
+    for name, sweep in sweeps(parts):
+        t0 = time.perf_counter()
+        print(f"study part {name}: {len(sweep.cells())} cells", flush=True)
+        summary = run_sweep(sweep, root, progress=progress)
+        print(f"study part {name}: ran {summary.ran}, skipped {summary.skipped}, failed {len(summary.failed)} "
+              f"in {time.perf_counter() - t0:.0f} s", flush=True)
+        failed += len(summary.failed) + summary.interrupted
+        if summary.interrupted:
+            break
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ctxbench.bench.studies.long_documents",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", nargs="?", default="run", choices=["run", "report"])
+    ap.add_argument("--parts", default=None, help=f"comma-separated, in this order (default all): {', '.join(PARTS)}")
+    ap.add_argument("--results", default=str(ROOT))
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    root = Path(args.results)
+    failed = 0
+    if args.command == "run":
+        failed = run(args.parts.split(",") if args.parts else None, root, progress=not args.quiet)
+    from ctxbench.bench.studies.long_report import write_report
+
+    print(f"wrote {write_report(root)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
