@@ -343,6 +343,21 @@ def doc_counts(gold: Sequence[str], pred: Sequence[str]) -> tuple[int, int, int]
     return tp, len(p) - tp, len(g) - tp
 
 
+THIRDS = ("1st third", "2nd third", "3rd third")  # sort in order
+
+
+def counts_by_third(gold: Sequence[str], pred: Sequence[str]) -> dict[str, list[int]]:
+    """tp / fp / fn per third of the document, by the word at which each entity starts (the evidence-position
+    axis: entity F1 by where the entity sits)."""
+    g, p = entity_set(gold), entity_set(pred)
+    n = max(1, len(gold))
+    out = {t: [0, 0, 0] for t in THIRDS}
+    for ents, k in ((g & p, 0), (p - g, 1), (g - p, 2)):
+        for e in ents:
+            out[THIRDS[min(2, 3 * e[1] // n)]][k] += 1
+    return out
+
+
 def micro_f1(counts: Sequence[tuple[int, int, int]]) -> float:
     tp, fp, fn = (sum(c[k] for c in counts) for k in range(3))
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
@@ -786,6 +801,7 @@ class NER:
         rows = [{"i": i, "id": docs[i].id, "n_words": len(gold[i]), "n_tokens": n_tok[i], "bucket": buckets[i],
                  "tp": counts[i][0], "fp": counts[i][1], "fn": counts[i][2], "unseen_entities": unseen[i],
                  "words_unseen": int(len(seen[i]) - sum(seen[i])), "pred": pred[i],
+                 "by_third": counts_by_third(gold[i], pred[i]),
                  "spans": [list(map(list, w)) for w in p.windows["test"][i]]} for i in range(len(docs))]
         info = {"budget": p.budget, "attn_implementation": p.enc.attn_implementation, "dtype": p.enc.dtype,
                 "labels": len(p.data.labels), "stitch": p.method, "doc_context": p.doc_level,

@@ -791,6 +791,7 @@ class ExtractiveQA:
             preds.append({"i": it.i, "id": it.id, "k": it.k, "pred": text, "answers": it.answers,
                           "exact_match": 100.0 * em, "f1": 100.0 * f1, "reachable": reachable(it.gold, ws),
                           "n_tokens": it.n, "question_tokens": len(it.q_ids), "budget": b,
+                          "answer_token": min(a for a, _ in it.gold) if it.gold else None,
                           "bucket": length_bucket(it.n, b), "window": choice.window, "score": choice.score,
                           "spans": [list(map(list, w)) for w in ws]})
         metrics = self.metrics(preds, rows, cfg.context_paragraphs)

@@ -132,6 +132,13 @@ def test_every_cell_runs_and_the_table_has_ci(ran):
                 assert 0.0 <= m[f"bucket[{b}].{k}"] <= 1.0, (b, k)
     board = leaderboard(runs.values(), root=root / "ner")
     assert board.cells["ci_lo"].notna().all()  # the sidecar's tp/fp/fn reproduce every recorded F1
+    for r in runs.values():  # entity counts by the third of the document they start in add up to the document's
+        for row in sidecar(root, r):
+            assert [sum(c[k] for c in row["by_third"].values()) for k in range(3)] == [row["tp"], row["fp"], row["fn"]]
+    from ctxbench.bench.report.position import position_tables
+
+    text = position_tables(list(runs.values()), root / "ner")
+    assert "NER: entity micro-F1 by the third of the document the entity starts in" in text and "1st third" in text
 
 
 def test_sliding_and_hierarchical_predict_every_word_of_long_documents(ran):

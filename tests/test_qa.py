@@ -267,8 +267,17 @@ def test_grid_on_a_tiny_model(tiny_model, tmp_path, cache_env):
             .splitlines()]
     assert len(rows) == 24 and {"pred", "answers", "f1", "reachable", "spans", "bucket", "k"} <= set(rows[0])
     assert np.mean([x["f1"] for x in rows]) == pytest.approx(got[("sliding", 16)]["metrics"]["f1"])
+    # the gold answer's start token, the evidence-position axis: a head window of b reaches it iff it starts < b
+    for x in rows:
+        assert x["answer_token"] is None or 0 <= x["answer_token"] < x["n_tokens"]
+    head16 = [json.loads(x) for x in (tmp_path / "r" / "qa" / got[("head", 16)]["predictions_file"]).read_text()
+              .splitlines()]
+    assert not any(x["reachable"] for x in head16 if x["answer_token"] is not None and x["answer_token"] >= 16)
     write_leaderboard(tmp_path / "r" / "qa" / "runs.jsonl")  # bench writes the per-k tables, not the task
     assert "k=2 — F1" in (tmp_path / "r" / "qa" / "by_context.md").read_text()
+    by_pos = (tmp_path / "r" / "qa" / "by_position.md").read_text()
+    assert "QA k=2: F1 by the third of the context the answer starts in" in by_pos
+    assert "1: start < b" in by_pos and "1st third" in by_pos
     again = run(sweep, tmp_path / "r")
     assert again.ran == 0 and again.skipped == 10
 

@@ -50,6 +50,8 @@ COLUMNS = {
     "padding_waste": ("padding waste", "{:.1%}"),
     "select_seconds_test": ("sentence selection seconds (test set, apart from model time)", "{:.2f}"),
     "sentence_split_seconds": ("sentence splitting seconds (clf: once per data set, shared)", "{:.2f}"),
+    "optimizer_steps": ("optimizer steps (training)", "{:.0f}"),
+    "train_tokens_seen": ("training tokens seen", "{:.0f}"),
 }
 # Measurements the report plots besides COLUMNS (cost axes of the Pareto plots).
 EXTRA_MEASURES = ("real_tokens", "latency_p50_ms", "latency_p95_ms")
@@ -206,12 +208,17 @@ def cluster_key(row: dict[str, Any]) -> Any:
 
 def _budget_stats(task: str, main: str, sub: pd.DataFrame, root: str | Path | None, n_boot: int, seed: int,
                   alpha: float, notes: list[str], where: dict[str, Any] | None = None,
-                  reference: str = REFERENCE) -> _BudgetStats:
+                  reference: str = REFERENCE, rows_hook: Callable[[list[dict]], list[dict]] | None = None
+                  ) -> _BudgetStats:
     """CIs, tests against the reference (head, or with ``BEST`` the budget's best strategy) and buckets
     for all strategies at one budget, on shared resamples (``where``: only the sidecar rows with these
-    field values, e.g. one QA ``k``)."""
+    field values, e.g. one QA ``k``). ``rows_hook``: rewrites each run's sidecar rows first, keeping their
+    sums (e.g. a ``bucket`` by evidence position, or a document split into rows per third; bench/report/
+    position.py)."""
     out = _BudgetStats()
     preds = {rid: read_predictions(root, run) for rid, run in sub.set_index("run_id", drop=False).iterrows()}
+    if rows_hook is not None:
+        preds = {rid: None if rows is None else rows_hook(rows) for rid, rows in preds.items()}
     if where:
         preds = {rid: None if rows is None else [r for r in rows if all(r.get(k) == v for k, v in where.items())]
                  for rid, rows in preds.items()}
@@ -331,7 +338,8 @@ def group_title(keys: dict[str, Any], show_sample: bool) -> str:
 
 
 def cell_frames(df: pd.DataFrame, root: str | Path | None, n_boot: int = stats.N_BOOT, seed: int = 0,
-                alpha: float = stats.ALPHA, where: dict[str, Any] | None = None, reference: str = REFERENCE
+                alpha: float = stats.ALPHA, where: dict[str, Any] | None = None, reference: str = REFERENCE,
+                rows_hook: Callable[[list[dict]], list[dict]] | None = None
                 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Runs -> one row per (group, strategy, budget) and one per (…, length bucket). ``reference``:
     what the ``*_vs_head`` columns compare against (``BEST``: each budget's best; column ``reference``)."""
@@ -347,7 +355,7 @@ def cell_frames(df: pd.DataFrame, root: str | Path | None, n_boot: int = stats.N
         common = {**kd, "group": title, "group_id": _slug(title), "main_metric": main,
                   "higher_is_better": bool(group["higher_is_better"].iloc[0])}
         for budget, sub in group.groupby("budget", sort=True):
-            bs = _budget_stats(kd["task"], main, sub, root, n_boot, seed, alpha, notes, where, reference)
+            bs = _budget_stats(kd["task"], main, sub, root, n_boot, seed, alpha, notes, where, reference, rows_hook)
             for strategy in _strategy_order(sub["strategy"]):
                 runs = sub[sub["strategy"] == strategy].sort_values("seed")
                 ci, cmp = bs.ci.get(strategy), bs.vs_ref.get(strategy)
@@ -917,6 +925,8 @@ def summary_table(group: pd.DataFrame, fmt: str | None = None) -> tuple[pd.DataF
         notes.append("peak MB (process): the peak RSS of the process so far on CPU (of the cell alone only "
                      "with --isolate), CUDA max allocated on GPU; not a per-strategy measurement.")
     rows = []
+    trained = (str(group["mode"].iloc[0]).startswith("finetune") and "optimizer_steps" in group
+               and group["optimizer_steps"].notna().any())
     for budget, g in group.groupby("budget", sort=True):
         order = {s: k for k, s in enumerate(_strategy_order(g["strategy"]))}
         g = g.assign(_o=g["strategy"].map(order)).sort_values("_o")
@@ -932,11 +942,15 @@ def summary_table(group: pd.DataFrame, fmt: str | None = None) -> tuple[pd.DataF
                     + (f" {r['mark']}" if r["mark"] else ""))
             ms = r[ms_col] if has[ms_col] else r.get("latency_p50_ms", np.nan)
             mb = r[mb_col] if has[mb_col] else r.get("peak_memory_mb", np.nan)
-            rows.append({"b": int(budget), "strategy": names[r["strategy"]], f"{main} [95% CI]": metric,
-                         f"Δ vs {REFERENCE} [95% CI]": diff,
-                         f"tokens × {REFERENCE}": _num(r.get("compute_multiplier", np.nan), "{:.2f}"),
-                         ms_head: _num(ms, "{:.1f}"), mb_head: _num(mb, "{:.0f}"),
-                         "coverage": _num(r.get("coverage", np.nan), "{:.2f}")})
+            row = {"b": int(budget), "strategy": names[r["strategy"]], f"{main} [95% CI]": metric,
+                   f"Δ vs {REFERENCE} [95% CI]": diff,
+                   f"tokens × {REFERENCE}": _num(r.get("compute_multiplier", np.nan), "{:.2f}"),
+                   ms_head: _num(ms, "{:.1f}"), mb_head: _num(mb, "{:.0f}"),
+                   "coverage": _num(r.get("coverage", np.nan), "{:.2f}")}
+            if trained:  # fine-tuned: how much training each strategy got (equal steps by train.steps)
+                row.update({"train steps": _num(r.get("optimizer_steps", np.nan), "{:.0f}"),
+                            "train tokens": _num(r.get("train_tokens_seen", np.nan), "{:,.0f}")})
+            rows.append(row)
     legend = {n: s for s, n in names.items() if n != s}
     return pd.DataFrame(rows), legend, notes
 
@@ -1077,4 +1091,9 @@ def write_leaderboard(runs_path: str | Path, out_dir: str | Path | None = None) 
     per_context = context_tables(runs, runs_path.parent)  # tasks that score each example over several contexts (QA's k)
     if per_context:
         atomic_write_text(out_dir / "by_context.md", per_context)
+    from ctxbench.bench.report.position import position_tables
+
+    by_position = position_tables(runs, runs_path.parent)  # QA answer / NER entity position, where sidecars hold it
+    if by_position:
+        atomic_write_text(out_dir / "by_position.md", by_position)
     return board
