@@ -16,7 +16,8 @@ TEXT = "The first sentence is here. Then comes a second one! Is this the third? 
 
 def test_invert_reverses_the_sentences_and_none_keeps_the_text():
     assert transform(TEXT, "none") == TEXT
-    assert transform(TEXT, "invert") == "The last. Is this the third? Then comes a second one! The first sentence is here."
+    inverted = "The last. Is this the third? Then comes a second one! The first sentence is here."
+    assert transform(TEXT, "invert") == inverted
 
 
 def test_shuffle_is_a_seeded_permutation_of_the_sentences():

@@ -10,8 +10,8 @@ Parts (most informative first, so a stopped run has the core):
 
 =============  =================================================================================================
 books          orange3's 140 book excerpts, every strategy, budgets 510..64, 5 seeds (28 test documents)
+transforms     all NewsArticles as written, inverted and sentence-shuffled (Park et al. 2022), b = 128
 core           all 3,824 NewsArticles, every strategy (selection and adaptive included), 510..64, 5 seeds
-transforms     NewsArticles inverted and sentence-shuffled (Park et al. 2022), position readers at b = 128
 smollm2        SmolLM2-135M ``full`` at 4,096 / 2,048 / 1,024 on a fixed 300 / 60 / 200 subsample
 minilm_pair    MiniLM head / sliding / hierarchical at 510 on that subsample (the model-vs-model pairing)
 20ng_long      the > 512-token part of orange3's 20 Newsgroups (no punctuation: the 20-word fallback)
@@ -26,7 +26,7 @@ from pathlib import Path
 
 CONFIG = "long_documents"
 ROOT = Path("results") / "studies" / "long_documents"
-PARTS = {"books": "books", "core": None, "transforms": "transforms", "smollm2": "smollm2",
+PARTS = {"books": "books", "transforms": "transforms", "core": None, "smollm2": "smollm2",
          "minilm_pair": "minilm_pair", "20ng_long": "20ng_long", "finetune": "finetune"}
 
 

@@ -148,7 +148,7 @@ def model_rows(frame: pd.DataFrame, root: Path) -> list[dict]:
     """Every (model, strategy, budget) on one shared sample, each against MiniLM head at its largest
     budget there: one paired two-level bootstrap family (Holm), as if they were strategies of one table."""
     rows = []
-    for sample, g in frame.groupby("sample"):
+    for _, g in frame.groupby("sample"):
         if g["model"].nunique() < 2 or g["task"].iloc[0] != "clf":
             continue
         base = g[(g["strategy"] == REFERENCE)]
