@@ -350,6 +350,11 @@ class Classification:
     def data_label(self, spec) -> str:
         return "gold"
 
+    @staticmethod
+    def provenance(dataset: str) -> str:
+        """What the packaged copy of a built-in data set is (printed with its tables; '' for others)."""
+        return SOURCES[dataset].provenance if dataset in SOURCES else ""
+
     def summary(self, ctx: Context) -> GridReport:
         """Encoder cost of every strategy run at a budget (shared span cache) against one
         sliding pass alone, both summed from the same measured per-window times."""

