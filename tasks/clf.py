@@ -55,21 +55,28 @@ class ClfSettings:
     ``clf: {transform: [none, invert]}`` runs every cell once per value.
     ``min_tokens``: keep only the documents of at least this many tokens (of the sweep's tokenizer, no
     special tokens), in every split, before sampling; the dropped ones are counted in each run's info.
+    ``window_weight``: how window-level strategies (every window a training example) weigh the windows of
+    one document: ``window`` (each window 1, the default: a document cut into 16 windows counts 16 times) or
+    ``document`` (each window 1/K, so every document counts once whatever its length; where length and label
+    go together, the per-window weighting skews the head towards the long documents' labels).
     ``unpunctuated``: what sentence-based work (selection strategies, transforms) does with text that
     has no sentence punctuation: ``error`` (refused before the grid, with the count) or ``words``
     (pseudo-sentences of 20 words, an explicit fallback; the documents it applied to are counted).
     """
 
-    mode_keys: ClassVar[tuple[str, ...]] = ("transform", "min_tokens", "unpunctuated")
+    mode_keys: ClassVar[tuple[str, ...]] = ("transform", "min_tokens", "unpunctuated", "window_weight")
     grid_keys: ClassVar[tuple[str, ...]] = ("transform",)  # a list value expands into the grid
-    later_fields: ClassVar[tuple[str, ...]] = ("transform", "min_tokens", "unpunctuated")  # omitted at default
+    later_fields: ClassVar[tuple[str, ...]] = ("transform", "min_tokens", "unpunctuated", "window_weight")
     transform: str = "none"
     min_tokens: int = 0
     unpunctuated: str = "error"
+    window_weight: str = "window"
 
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS:
             raise ConfigError(f"clf.transform must be one of {TRANSFORMS}, got {self.transform!r}")
+        if self.window_weight not in ("window", "document"):
+            raise ConfigError(f"clf.window_weight must be 'window' or 'document', got {self.window_weight!r}")
         if self.unpunctuated not in UNPUNCTUATED:
             raise ConfigError(f"clf.unpunctuated must be one of {UNPUNCTUATED}, got {self.unpunctuated!r}")
         if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
@@ -308,11 +315,12 @@ def predict(model: nn.Module, groups: Sequence, batch_size: int, device: torch.d
 
 
 def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable[[nn.Module], float], spec,
-        device: torch.device, progress: bool) -> dict[str, Any]:
+        device: torch.device, progress: bool, weights: Sequence[float] | None = None) -> dict[str, Any]:
     """Cross-entropy on the groups through the shared loop (tasks/model/train.py): AdamW with warm-up (or
     full-batch L-BFGS for probes), early stopping on validation macro-F1; an end-to-end model trains data
-    parallel under a launcher."""
+    parallel under a launcher. ``weights``: per group (a batch's loss is their weighted mean)."""
     y_t = torch.as_tensor(y, dtype=torch.long)
+    w_t = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
     bs = spec.train.batch_size
 
     def batches(gen):
@@ -320,7 +328,11 @@ def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable
         return [order[i: i + bs] for i in range(0, len(order), bs)]
 
     def loss(net, idx):
-        return F.cross_entropy(net([groups[j] for j in idx]), y_t[list(idx)].to(device))
+        out = net([groups[j] for j in idx])
+        if w_t is None:
+            return F.cross_entropy(out, y_t[list(idx)].to(device))
+        w = w_t[list(idx)].to(device)
+        return (F.cross_entropy(out, y_t[list(idx)].to(device), reduction="none") * w).sum() / w.sum()
 
     info = train_loop(model, batches, loss, spec.train, spec.seed, device, evaluate=evaluate,
                       tokens=lambda j: group_size(groups[j]), data_parallel=isinstance(model, FinetuneModel),
@@ -517,7 +529,11 @@ class Classification:
             scores, _, _ = doc_scores("val", g_val, own_val)
             return f1_score(data.y["val"], scores.argmax(1).numpy(), average="macro", zero_division=0)
 
-        train_info = fit(model, g_train, y_train, evaluate, spec, ctx.device, ctx.progress)
+        weights = None
+        if not as_doc and settings_of(spec).window_weight == "document":
+            per_doc = np.bincount(own_train, minlength=len(train_windows))
+            weights = [1.0 / per_doc[i] for i in own_train]
+        train_info = fit(model, g_train, y_train, evaluate, spec, ctx.device, ctx.progress, weights)
         g_test, own_test = self.groups("test", windows["test"], as_doc, item)
         t0 = time.perf_counter()
         scores, secs, padded = doc_scores("test", g_test, own_test, "predict" if ctx.progress else None)

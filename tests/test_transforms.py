@@ -87,3 +87,31 @@ def test_books_source_split_is_stratified_and_fixed():
     assert {k: len(v) for k, v in dd.items()} == {"train": 98, "val": 14, "test": 28}
     assert sorted(set(dd["test"]["label"])) == ["adult", "children"]
     assert "28 test documents" in SOURCES["books"].provenance
+
+
+def test_document_weighting_counts_each_document_once(tiny_model, tiny_data, tmp_path, cache_env):
+    """clf.window_weight=document: a window-level strategy's windows weigh 1/K each (own mode label)."""
+    import ctxbench.tasks.clf as clf
+
+    seen = {}
+    real = clf.fit
+
+    def spy(model, groups, y, evaluate, spec, device, progress, weights=None):
+        seen[spec.strategy.label] = weights
+        return real(model, groups, y, evaluate, spec, device, progress, weights)
+
+    clf.fit = spy
+    try:
+        sweep = load_sweep("clf", [f"model={tiny_model}", f"dataset={tiny_data}", "limits.train=null",
+                                   "limits.val=null", "limits.test=null", "train.epochs=1", "seeds=[0]",
+                                   "budgets=[16]", "strategies=[head, {name: sliding, max_windows: 4}]",
+                                   "clf.window_weight=document"])
+        assert run_sweep(sweep, tmp_path / "r", ctx=Context(device=torch.device("cpu"), progress=False),
+                         progress=False).ok
+    finally:
+        clf.fit = real
+    w = seen["sliding[max_windows=4]"]
+    assert abs(sum(w) - 60) < 1e-6  # 60 training documents, each weighing 1 in all
+    assert seen["head"] is not None and set(seen["head"]) == {1.0}  # one window a document: unchanged
+    runs = read_jsonl(tmp_path / "r" / "clf" / "runs.jsonl")
+    assert {mode_label(r["spec"]) for r in runs} == {"probe+window_weight=document"}
