@@ -16,7 +16,7 @@ ARGS    ?=
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test bench table report study perf perf-check perf-proof lint clean
+.PHONY: install test bench table report study perf perf-check perf-proof gpu-bundle gpu-check lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,16 @@ perf-check: $(STAMP)
 # slowdown and a planted 20% rise in peak memory (must fail); reports in results/perf/<machine-id>/proof/ (~20 min).
 perf-proof: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m ctxbench.bench.perf.proof $(if $(PERF_ARGS),-- $(PERF_ARGS))
+
+# The prepared GPU check. Here: `make gpu-bundle` writes gpu_bundle/ (float16 MiniLM, 5 wheels, data samples;
+# under 64 MiB). On the lent GPU machine, with gpu_bundle/ carried: `make gpu-check` (no venv from PyPI there:
+# bench/gpu/check.sh installs the bundle over the machine's torch). On a CPU: GPU_CHECK_DEVICE=cpu ARGS=--quick.
+gpu-bundle: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m ctxbench.bench.gpu.bundle --out gpu_bundle
+
+gpu-check:
+	$(if $(filter cpu,$(GPU_CHECK_DEVICE)),GPU_CHECK_NO_INSTALL=1 GPU_CHECK_VENV=$(CURDIR)/$(VENV)) \
+	  bash bench/gpu/check.sh $(ARGS)
 
 # ruff, and the one-way layering (strategies <- tasks <- bench, deferred imports included; pyproject.toml).
 lint: $(STAMP)

@@ -35,6 +35,8 @@ import torch
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ctxbench.bench.studies.ner_parity", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="minilm")
+    p.add_argument("--dataset", default="news_silver", help="NER data set (built in, or a local folder of "
+                   "train/validation/test JSON lines with tokens and ner_tags, e.g. the GPU check's bundle)")
     p.add_argument("--window", type=int, default=128, help="context tokens per window (W)")
     p.add_argument("--overlap", type=int, default=32, help="tokens shared by consecutive windows (HF stride)")
     p.add_argument("--docs", type=int, default=40, help="long test articles tagged by both")
@@ -56,7 +58,8 @@ def train_spec(args: argparse.Namespace):
 
     strategy = StrategySpec("sliding", tuple(sorted({"window": args.window, "step": args.window - args.overlap,
                                                      "pool": "max"}.items())))
-    return RunSpec(task="ner", dataset="news_silver", model=args.model, mode="finetune", strategy=strategy,
+    return RunSpec(task="ner", dataset=getattr(args, "dataset", "news_silver"), model=args.model, mode="finetune",
+                   strategy=strategy,
                    budget=args.window, seed=args.seed,
                    limits=Limits(train=args.train_docs, val=args.val_docs, test=None),
                    train=Train(lr=args.lr, epochs=args.epochs, batch_size=16, patience=args.epochs,
@@ -79,8 +82,7 @@ def fine_tuned(args: argparse.Namespace, ctx) -> tuple[str, Any, dict[str, Any]]
         return str(path), p, {**json.loads(info_path.read_text()), "cached": True}
     seed_everything(spec.seed)
     head = TokenHead(p.enc.model.config.hidden_size, len(p.data.labels), None, spec.pooler, spec.train.dropout)
-    model = task._finetune_model(spec, ctx, p, head)
-    info = task.train(spec, ctx, p, model, task._finetune_item(p))
+    model, info = task.train(spec, ctx, p, None, task._finetune_item(p), head)
     special = p.enc.tokenizer.num_special_tokens_to_add(pair=False)
     export_token_classifier(model, p.data.labels, p.enc.tokenizer, path, max_length=args.window + special)
     info_path.write_text(json.dumps(info, indent=1))

@@ -193,14 +193,15 @@ def answer(questions: list[str], contexts: list[str], ids: list[str], tok, model
 # ---------------------------------------------------------------- parity
 
 
-def setup(device_name: str = "cpu", profile: str | None = None, folder: str | None = None):
+def setup(device_name: str = "cpu", profile: str | None = None, folder: str | None = None,
+          config: str | None = None):
     import torch
 
     from ctxbench.bench.config import load_sweep
     from ctxbench.tasks.model.encoder import load_encoder, model_key
     from ctxbench.tasks.qa import finetuned, layout
 
-    sweep = load_sweep("qa", profile=profile)
+    sweep = load_sweep(config or "qa", profile=profile)
     spec = next(c for c in sweep.cells() if c.seed == sweep.seeds[0])
     device = torch.device(device_name)
     if folder:  # an existing fine-tuned folder (save_pretrained + train_info.json)
@@ -271,7 +272,7 @@ def same_pct(answers: list[str], ref: list[str]) -> float:
 def parity(args) -> dict[str, Any]:
     import torch
 
-    spec, folder, info, ft, lay, device = setup(args.device, args.profile, args.model_folder)
+    spec, folder, info, ft, lay, device = setup(args.device, args.profile, args.model_folder, args.config)
     threads = torch.get_num_threads()
     peer = Peer(str(folder), threads, str(device))  # the peer runs on the same device as ctxbench
     train = {k: v for k, v in info.items() if k.startswith("train") or k in ("finetune",)}
@@ -473,7 +474,7 @@ def stride_cell(args) -> int:
     from ctxbench.tasks.squad_metric import f1
 
     cfg = json.loads(args.stride_cell)
-    spec, folder, _, ft, lay, device = setup(args.device, args.profile, args.model_folder)
+    spec, folder, _, ft, lay, device = setup(args.device, args.profile, args.model_folder, args.config)
     items = eval_items(spec, cfg["k"], cfg["n"], ft.tokenizer)
     qs, cs, ids = [it.question for it in items], [it.context for it in items], [it.id for it in items]
     answer(qs[:2], cs[:2], ids[:2], ft.tokenizer, ft.model, lay, device, 0, cfg["overlap"], budget=384)  # warm-up
@@ -501,8 +502,9 @@ def stride_study(args) -> list[dict[str, Any]]:
             cell = json.dumps({"overlap": overlap, "step": 384 - overlap, "k": k, "n": args.stride_questions})
             r = subprocess.run([sys.executable, "-m", "ctxbench.bench.studies.qa_parity", "--stride-cell", cell,
                                 "--device", args.device,
-                                "--profile", args.profile] + (["--model-folder", args.model_folder]
-                                                              if args.model_folder else []),
+                                "--profile", args.profile]
+                               + (["--model-folder", args.model_folder] if args.model_folder else [])
+                               + (["--config", args.config] if args.config else []),
                                capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"stride cell {cell} failed:\n{r.stderr[-3000:]}")
@@ -552,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-stride", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--profile", default="default", help="profile of bench/configs/qa.yaml whose seed-0 model to use")
+    p.add_argument("--config", default=None, help="another sweep YAML instead of qa.yaml (e.g. the GPU check's, "
+                   "with local SQuAD files)")
     p.add_argument("--model-folder", help="use this fine-tuned folder instead of the sweep's seed-0 model")
     p.add_argument("--results", default="results/qa")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
