@@ -46,3 +46,16 @@ def test_the_bundle_refuses_to_outgrow_what_can_travel(tmp_path):
 def test_the_shell_entry_installs_only_from_the_bundle():
     text = (Path(check.__file__).parent / "check.sh").read_text()
     assert "--no-index" in text and "--system-site-packages" in text and "ctxbench.bench.gpu.check" in text
+
+
+def test_the_int8_copy_restores_every_weight_within_a_row_step():
+    import torch
+
+    torch.manual_seed(0)
+    state = {"w": torch.randn(8, 16), "b": torch.randn(16), "e": torch.randn(3, 4, 5)}
+    back = bundle.dequantise(bundle.quantise(state))
+    assert set(back) == set(state)
+    for k in ("w", "e"):
+        step = state[k].abs().amax(dim=tuple(range(1, state[k].ndim)), keepdim=True) / 127
+        assert ((back[k] - state[k]).abs() <= step / 2 + 1e-3 * step + 1e-6).all()
+    assert torch.allclose(back["b"], state["b"], atol=1e-2)

@@ -4,8 +4,9 @@ That machine has Python 3.12 with its own torch, transformers, peft, accelerate,
 and tabulate, but no ``datasets``, ``seqeval``, ``pysbd``, no packaged model or data, and nothing can be
 fetched there; at most 64 MiB travel with the working tree. So the bundle holds:
 
-- ``minilm/``: all-MiniLM-L6-v2 in float16 (about 45 MB; the 88 MB package cannot travel) and its
-  tokenizer; the check restores float32 there before anything trains;
+- ``minilm/``: all-MiniLM-L6-v2 as int8 matrices with a float16 scale per row (23 MB: the 88 MB package
+  cannot travel, and a 45 MB float16 copy does not fit beside the committed results within the 64 MiB that a
+  call carries) and its tokenizer; the check restores float32 weights there before anything trains;
 - ``wheels/``: datasets, dill, multiprocess, pysbd and seqeval (seqeval ships only an sdist: built here),
   for Python 3.12, installed there with ``pip --no-index``;
 - ``data/clf/``: a fixed 20 Newsgroups sample (train / val / test CSV, orange3's copy);
@@ -33,14 +34,49 @@ SIZES = {"full": {"clf": (600, 150, 400), "ner": 220, "qa_dev": 6, "qa_train": 1
          "quick": {"clf": (60, 20, 40), "ner": 40, "qa_dev": 1, "qa_train": 2}}
 
 
+def quantise(state: dict) -> dict:
+    """Matrices as int8 with one float16 scale per row (absmax), everything else float16: half the size of a
+    float16 copy. The check restores float32 weights within 1/254 of each row's largest entry: enough for
+    throughput, memory and like-for-like parity (both sides of every comparison load the same weights)."""
+    import torch
+
+    out = {}
+    for name, w in state.items():
+        w = w.detach().float()
+        if w.ndim >= 2:
+            scale = w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True).clamp_min(1e-12)
+            out[f"{name}.q"] = torch.round(w / scale * 127).to(torch.int8).contiguous()
+            out[f"{name}.s"] = scale.half().contiguous()
+        else:
+            out[name] = w.half().contiguous()
+    return out
+
+
+def dequantise(packed: dict) -> dict:
+    import torch
+
+    out = {}
+    for name, t in packed.items():
+        if name.endswith(".q"):
+            base = name[:-2]
+            out[base] = t.float() * packed[f"{base}.s"].float() / 127
+        elif not name.endswith(".s"):
+            out[name] = t.float()
+    return {k: v.to(torch.float32) for k, v in out.items()}
+
+
 def model(out: Path) -> None:
     import torch
+    from safetensors.torch import save_file
     from transformers import AutoModel, AutoTokenizer
 
     from ctxbench.tasks.model.packaged import minilm_path
 
     src = minilm_path()
-    AutoModel.from_pretrained(src, dtype=torch.float32).half().save_pretrained(out)
+    m = AutoModel.from_pretrained(src, dtype=torch.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    m.config.save_pretrained(out)
+    save_file(quantise(m.state_dict()), str(out / "weights_int8.safetensors"))
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
 
 

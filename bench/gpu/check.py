@@ -4,7 +4,7 @@ transformers, then this module).
 
 Steps, each timed and recorded even when one fails (``<out>/SUMMARY.md``, ``summary.json``):
 
-1. ``model``: the bundle's float16 MiniLM restored to float32 (``<out>/work/minilm``).
+1. ``model``: the bundle's int8 MiniLM restored to float32 weights (``<out>/work/minilm``).
 2. ``perf_baseline``: the throughput/memory suite on the GPU, seeding ``results/perf/<machine-id>/baseline.json``.
 3. ``perf_aa``: the suite again and the gate against that baseline (an A/A run: it must pass).
 4. ``finetune_bf16``: a fine-tune smoke grid (5 strategies x 2 budgets) under bf16 autocast, every cell's CUDA
@@ -32,11 +32,18 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFL
 
 
 def restore_model(bundle: Path, out: Path) -> Path:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from ctxbench.bench.gpu.bundle import dequantise
 
     src = bundle / "minilm"
-    AutoModel.from_pretrained(src, dtype=torch.float16).float().save_pretrained(out)
+    model = AutoModel.from_config(AutoConfig.from_pretrained(src))
+    missing, unexpected = model.load_state_dict(dequantise(load_file(str(src / "weights_int8.safetensors"))),
+                                                strict=False)
+    if unexpected or [k for k in missing if "position_ids" not in k]:
+        raise RuntimeError(f"restored MiniLM: missing {missing}, unexpected {unexpected}")
+    model.save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return out
 
