@@ -54,19 +54,19 @@ def _install(fault: tuple[str, int] | None) -> None:
 
         R.append_line = append_line
     elif mode == "torn_sidecar":
-        write = S.atomic_write_text
+        write = S.atomic_write_bytes
 
-        def atomic_write_text(path, text):
+        def atomic_write_bytes(path, data):
             if "predictions" in Path(path).parts:
                 calls["n"] += 1
                 if calls["n"] == k:
                     tmp = Path(path).parent / f".{Path(path).name}.killed.tmp"
                     tmp.parent.mkdir(parents=True, exist_ok=True)
-                    tmp.write_text(text[: len(text) // 2])
+                    tmp.write_bytes(data[: len(data) // 2])
                     _die()
-            return write(path, text)
+            return write(path, data)
 
-        S.atomic_write_text = atomic_write_text
+        S.atomic_write_bytes = atomic_write_bytes
     elif mode == "slow_runs":
         import time
 

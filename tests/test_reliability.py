@@ -361,3 +361,20 @@ def test_same_config_and_seed_give_identical_metrics_on_cpu(tiny_model, tiny_dat
     d = once("other-seed", "finetune", "seeds=[4]")
     assert d["predictions_sha"] != first["finetune"]["predictions_sha"]
     assert set(c["env"]["determinism"]) >= {"deterministic_algorithms", "cudnn_deterministic", "cuda_matmul_tf32"}
+
+
+def test_a_large_sidecar_is_stored_gzipped_with_stable_bytes_and_read_back(tmp_path):
+    from ctxbench.bench.report.tables import read_predictions
+    from ctxbench.bench.results import GZIP_OVER, sidecar_bytes
+
+    rows = [{"i": i, "label": "a", "pred": "b", "spans": [[[0, 510]], [[255, 765]]]} for i in range(2000)]
+    data, gz = sidecar_bytes(rows)
+    assert gz and len(data) < GZIP_OVER and sidecar_bytes(rows)[0] == data  # deterministic: the hash holds
+    rec = {"run_id": "f" * 64, "status": "ok", "spec": {}}
+    assert commit_run(tmp_path, "clf", rec, rows)
+    assert rec["predictions_file"].endswith(".jsonl.gz")
+    assert read_predictions(tmp_path / "clf", rec) == rows
+    assert check_store(tmp_path, "clf")["sidecar_mismatch"] == []
+    small = {"run_id": "e" * 64, "status": "ok", "spec": {}}
+    commit_run(tmp_path, "clf", small, rows[:3])
+    assert small["predictions_file"].endswith(".jsonl")  # small ones stay readable text

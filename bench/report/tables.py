@@ -194,7 +194,9 @@ def read_predictions(root: str | Path | None, run: pd.Series | dict[str, Any]) -
     if isinstance(sha, str) and sha and content_hash(data) != sha:
         warnings.warn(f"{path}: content hash differs from the run's predictions_sha; not used", stacklevel=3)
         return None
-    return [json.loads(line) for line in data.splitlines() if line.strip()]
+    from ctxbench.bench.results import sidecar_rows
+
+    return sidecar_rows(path, data)  # plain or gzipped JSON lines
 
 
 # --------------------------------------------------------------------------- cell statistics
