@@ -301,3 +301,37 @@ def test_against_a_revision_runs_both_sides_in_turn_and_pools_them(tmp_path):
     listed = subprocess.run(["git", "worktree", "list"], cwd=Path(__file__).parents[1], capture_output=True,
                             text=True).stdout
     assert "perf-against-" not in listed
+
+
+def test_a_burst_that_does_not_repeat_is_confirmed_away_and_a_real_slowdown_is_not(tmp_path, monkeypatch):
+    """perf-check --confirm: the flagged benchmarks are measured again and their rounds pooled."""
+    import copy
+
+    from ctxbench.bench.perf import check as C
+
+    base = with_rounds(1.0, 0.02, seed=1, n=3)
+    burst = copy.deepcopy(with_rounds(1.0, 0.02, seed=2, n=3))
+    first = burst["benchmarks"][0]
+    first["extra_info"]["round_seconds"] = [x * 1.35 for x in first["extra_info"]["round_seconds"]]  # one tenant's burst
+    first["stats"]["median"] *= 1.35
+    flagged = check(base, burst, THRESHOLDS)
+    assert [f.split(":")[0] for f in flagged.failures] == [first["name"]]
+    asked = []
+
+    def rerun(scale):
+        def run_suite(out, device, pytest_args, source=None, select=None):
+            asked.append(select)
+            again = with_rounds(scale, 0.02, seed=3, n=3)
+            again["benchmarks"] = [b for b in again["benchmarks"] if b["name"] in select]
+            Path(out).write_text(json.dumps(again))
+            return 0
+        return run_suite
+
+    monkeypatch.setattr(C, "run_suite", rerun(1.0))
+    result, merged, names = C.confirm(flagged, base, burst, tmp_path / "latest.json", "cpu", [], THRESHOLDS, times=2)
+    assert names == [first["name"]] and asked == [[first["name"]]] * 2  # only the flagged one, twice
+    assert result.ok, result.failures
+    assert len(next(b for b in merged["benchmarks"] if b["name"] == first["name"])["extra_info"]["round_seconds"]) == 9
+    monkeypatch.setattr(C, "run_suite", rerun(1.35))  # the slowdown is real: it repeats
+    result, _, _ = C.confirm(flagged, base, burst, tmp_path / "latest.json", "cpu", [], THRESHOLDS, times=2)
+    assert not result.ok

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from ctxbench.bench.perf.check import (PERF_ROOT, _describe, _load, check, load_thresholds, machine_dir,
+from ctxbench.bench.perf.check import (PERF_ROOT, _describe, _load, check, confirm, load_thresholds, machine_dir,
                                        machine_id, render, run_suite)
 
 KINDS = ("aa", "slow", "mem")
@@ -62,7 +62,8 @@ def write_summary(folder: Path, summary: dict, share: float, base_desc: str) -> 
         f"- baseline of this proof: {base_desc}",
         f"- planted share: {share:.0%} (slowdown: each timed run takes 1/(1-{share:g}) as long; memory: "
         f"{share:.0%} of the run's starting memory held extra)",
-        "- rule: a throughput regression needs the whole bootstrap 95% interval of the change below the limit; "
+        "- rule: a throughput regression needs the whole bootstrap 95% interval of the change below the limit, "
+        "after the flagged benchmarks are measured once more and their rounds pooled (perf-check --confirm); "
         "memory compares the measured peaks (thresholds.json)", "",
         tabulate(rows, headers=["kind", "what", "tries", "failed", "rate", "benchmarks flagged per try",
                                 "reports"], tablefmt="github"), ""])
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tries", type=int, default=3)
     ap.add_argument("--plant", type=float, default=0.2, help="planted share (default 0.2 = 20%%)")
     ap.add_argument("--kinds", default=",".join(KINDS), help="which checks, e.g. aa,slow,mem")
+    ap.add_argument("--confirm", type=int, default=1, help="as perf-check --confirm (default 1)")
     ap.add_argument("pytest_args", nargs="*")
     args = ap.parse_args(argv)
     folder = machine_dir(machine_id(args.device), args.root) / "proof"
@@ -92,11 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.tries):  # interleaved (aa, slow, mem, aa, ...): a drifting machine hits every kind
         for kind in args.kinds.split(","):
             cur_path = folder / f"{kind}-{i + 1}.json"
-            rc = run_suite(cur_path, args.device, [*args.pytest_args, *_plant(kind, args.plant)])
+            extra = [*args.pytest_args, *_plant(kind, args.plant)]
+            rc = run_suite(cur_path, args.device, extra)
             current = _load(cur_path)
-            res = check(baseline, current, thresholds)
+            res, current, flagged = confirm(check(baseline, current, thresholds), baseline, current, cur_path,
+                                            args.device, extra, thresholds, args.confirm)
+            note = (f"\nConfirmed: {len(flagged)} benchmark(s) flagged on throughput were measured {args.confirm} "
+                    f"more time(s), rounds pooled: {', '.join(flagged)}.\n" if flagged else "")
             (folder / f"{kind}-{i + 1}.md").write_text(f"{WHAT[kind]}\n\n" + render(res, baseline, current,
-                                                                                str(base_path), str(cur_path)))
+                                                                                str(base_path), str(cur_path))
+                                                       + note)
             results.setdefault(kind, []).append({"ok": res.ok and rc == 0, "flagged": len({f.split(':')[0] for f in
                                                                                              res.failures}),
                                                  "benchmarks": len(res.rows)})
