@@ -312,7 +312,7 @@ def test_a_burst_that_does_not_repeat_is_confirmed_away_and_a_real_slowdown_is_n
     base = with_rounds(1.0, 0.02, seed=1, n=3)
     burst = copy.deepcopy(with_rounds(1.0, 0.02, seed=2, n=3))
     first = burst["benchmarks"][0]
-    first["extra_info"]["round_seconds"] = [x * 1.35 for x in first["extra_info"]["round_seconds"]]  # one tenant's burst
+    first["extra_info"]["round_seconds"] = [x * 1.35 for x in first["extra_info"]["round_seconds"]]  # a burst
     first["stats"]["median"] *= 1.35
     flagged = check(base, burst, THRESHOLDS)
     assert [f.split(":")[0] for f in flagged.failures] == [first["name"]]
@@ -335,3 +335,13 @@ def test_a_burst_that_does_not_repeat_is_confirmed_away_and_a_real_slowdown_is_n
     monkeypatch.setattr(C, "run_suite", rerun(1.35))  # the slowdown is real: it repeats
     result, _, _ = C.confirm(flagged, base, burst, tmp_path / "latest.json", "cpu", [], THRESHOLDS, times=2)
     assert not result.ok
+
+
+def test_the_proof_tally_says_false_alarms_and_detections(tmp_path):
+    from ctxbench.bench.perf.proof import tally, write_summary
+
+    runs = {"aa": [{"ok": True, "flagged": 0, "benchmarks": 24}, {"ok": False, "flagged": 1, "benchmarks": 24}],
+            "slow": [{"ok": False, "flagged": 20, "benchmarks": 24}]}
+    text = write_summary(tmp_path, tally(runs), 0.2, "base").read_text()
+    assert "false alarms 50%" in text and "detected 100%" in text and "[aa-2.md](aa-2.md)" in text
+    assert json.loads((tmp_path / "proof.json").read_text())["summary"]["aa"]["failed"] == 1

@@ -401,9 +401,11 @@ def confirm(result: CheckResult, baseline: dict[str, Any], current: dict[str, An
     return check(baseline, merged, thresholds, **kw), merged, flagged
 
 
-def against(rev: str, folder: Path, device: str, pytest_args: list[str] | None, pairs: int = 3) -> tuple[Path, Path]:
+def against(rev: str, folder: Path, device: str, pytest_args: list[str] | None, pairs: int = 3,
+            b_args: list[str] | None = None) -> tuple[Path, Path]:
     """A/B in one session: ``rev`` (checked out in a temporary worktree) and this tree, their suites run
-    in turn ``pairs`` times (A, B, A, B ...) so a shared machine's drift falls on both; each side pooled."""
+    in turn ``pairs`` times (A, B, A, B ...) so a shared machine's drift falls on both; each side pooled.
+    ``b_args``: extra suite options for this tree's side only (perf-proof's planted regressions)."""
     import tempfile
 
     from ctxbench.tasks.model.measure import checkout
@@ -420,7 +422,8 @@ def against(rev: str, folder: Path, device: str, pytest_args: list[str] | None, 
         for i in range(pairs):
             for side, src, got in (("a", tree, a), ("b", None, b)):
                 out = folder / f"against-{side}{i}.json"
-                if run_suite(out, device, pytest_args, source=src) != 0 or not out.exists():
+                extra = [*(pytest_args or []), *(b_args or [] if side == "b" else [])]
+                if run_suite(out, device, extra, source=src) != 0 or not out.exists():
                     raise SystemExit(f"perf-check --against: the suite failed on side {side} (run {i})")
                 got.append(_load(out))
     finally:

@@ -20,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from ctxbench.bench.perf.check import (PERF_ROOT, _describe, _load, check, confirm, load_thresholds, machine_dir,
-                                       machine_id, render, run_suite)
+from ctxbench.bench.perf.check import (PERF_ROOT, _describe, _load, against, check, confirm, load_thresholds,
+                                       machine_dir, machine_id, render, run_suite)
 
 KINDS = ("aa", "slow", "mem")
 WHAT = {"aa": "A/A (same commit, nothing planted): should pass",
@@ -81,24 +81,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plant", type=float, default=0.2, help="planted share (default 0.2 = 20%%)")
     ap.add_argument("--kinds", default=",".join(KINDS), help="which checks, e.g. aa,slow,mem")
     ap.add_argument("--confirm", type=int, default=1, help="as perf-check --confirm (default 1)")
+    ap.add_argument("--against", metavar="REV", help="each try is perf-check --against REV (interleaved A/B, "
+                    "the plant on this tree's side only) instead of a check against one stored baseline")
+    ap.add_argument("--pairs", type=int, default=2, help="with --against: A/B pairs per try (default 2)")
     ap.add_argument("pytest_args", nargs="*")
     args = ap.parse_args(argv)
-    folder = machine_dir(machine_id(args.device), args.root) / "proof"
+    folder = machine_dir(machine_id(args.device), args.root) / ("proof-against" if args.against else "proof")
     folder.mkdir(parents=True, exist_ok=True)
     base_path = folder / "baseline.json"
-    if run_suite(base_path, args.device, args.pytest_args) != 0 or not base_path.exists():
-        print("perf-proof: the baseline run failed", file=sys.stderr)
-        return 2
-    baseline, thresholds = _load(base_path), load_thresholds()
+    thresholds = load_thresholds()
+    if not args.against:
+        if run_suite(base_path, args.device, args.pytest_args) != 0 or not base_path.exists():
+            print("perf-proof: the baseline run failed", file=sys.stderr)
+            return 2
+        baseline = _load(base_path)
     results: dict[str, list[dict]] = {}
     for i in range(args.tries):  # interleaved (aa, slow, mem, aa, ...): a drifting machine hits every kind
         for kind in args.kinds.split(","):
             cur_path = folder / f"{kind}-{i + 1}.json"
-            extra = [*args.pytest_args, *_plant(kind, args.plant)]
-            rc = run_suite(cur_path, args.device, extra)
-            current = _load(cur_path)
-            res, current, flagged = confirm(check(baseline, current, thresholds), baseline, current, cur_path,
-                                            args.device, extra, thresholds, args.confirm)
+            if args.against:  # both sides measured now, in turn; the plant only on this tree's side
+                a_path, b_path = against(args.against, folder, args.device, args.pytest_args, args.pairs,
+                                         _plant(kind, args.plant))
+                base_path, baseline = a_path, _load(a_path)
+                b_path.replace(cur_path)
+                rc, current = 0, _load(cur_path)
+                res, flagged = check(baseline, current, thresholds), []
+            else:
+                extra = [*args.pytest_args, *_plant(kind, args.plant)]
+                rc = run_suite(cur_path, args.device, extra)
+                current = _load(cur_path)
+                res, current, flagged = confirm(check(baseline, current, thresholds), baseline, current, cur_path,
+                                                args.device, extra, thresholds, args.confirm)
             note = (f"\nConfirmed: {len(flagged)} benchmark(s) flagged on throughput were measured {args.confirm} "
                     f"more time(s), rounds pooled: {', '.join(flagged)}.\n" if flagged else "")
             (folder / f"{kind}-{i + 1}.md").write_text(f"{WHAT[kind]}\n\n" + render(res, baseline, current,
@@ -110,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"perf-proof: {kind}-{i + 1}: {'PASS' if res.ok else 'FAIL'} ({len(res.failures)} reasons)",
                   flush=True)
             cur_path.unlink()  # the reports hold the numbers; the raw JSON would be ~100 KB a try
-    path = write_summary(folder, tally(results), args.plant, _describe(baseline, str(base_path)))
+            for raw in folder.glob("against-*.json"):
+                raw.unlink()
+    base_desc = (f"`--against {args.against}`: that commit measured in a worktree, {args.pairs} interleaved pairs "
+                 f"per try" if args.against else _describe(baseline, str(base_path)))
+    path = write_summary(folder, tally(results), args.plant, base_desc)
     print(path.read_text())
     aa = results.get("aa", [])
     planted = [r for k in ("slow", "mem") for r in results.get(k, [])]
