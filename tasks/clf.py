@@ -427,6 +427,32 @@ class Classification:
                 "measured_windows_sliding": len(inputs["sliding"]), "measured_s_all": t["all"],
                 "measured_s_sliding": t["sliding"], "measured_ratio": t["all"] / max(t["sliding"], 1e-12)}
 
+    def cost_side_by_side(self, spec, ctx: Context, strategies: Sequence, repeats: int = 3) -> dict[str, dict]:
+        """Every strategy's model inputs for the cost sample at ``spec.budget``, timed in turn in one pass
+        (``side_by_side``: A, B, C, A, B, C ... after a warm-up each): on a shared machine the ratios between
+        strategies hold where cells timed minutes apart drift. Seconds per batched pass at the sweep's batch
+        size; the sentence views are built for the cost sample only."""
+        enc, _, data = self._data(spec, ctx)
+        budget = usable_budget(enc.tokenizer, enc.max_positions, spec.budget)
+        idx = cost_sample(len(data.ids["test"]), spec.cost_docs, spec.data_seed)
+        ids = [data.ids["test"][i] for i in idx]
+        views = None
+        sets: dict[str, list[list[int]]] = {}
+        for st_spec in strategies:
+            strategy = st_spec.build()
+            if "sentences" in needs(strategy) and views is None:
+                from ctxbench.tasks.data.sentences import doc_views
+
+                views = doc_views([data.texts["test"][i] for i in idx], enc.tokenizer, lengths=[len(x) for x in ids],
+                                  fallback_words=settings_of(spec).fallback_words)
+            sets[st_spec.label] = [build_input(enc.tokenizer, x, w) for k, x in enumerate(ids)
+                                   for w in timed_windows(strategy, len(x), budget,
+                                                          views[k] if needs(strategy) else None)[0]]
+        t = side_by_side(pooled_forward(enc.model, spec.pooler), sets, enc.tokenizer.pad_token_id, ctx.device,
+                         spec.batch_size, spec.precision, repeats)
+        return {k: {"seconds": v, "ms_per_doc": 1e3 * v / max(1, len(idx)), "docs": len(idx), "inputs": len(sets[k]),
+                    "real_tokens": sum(len(x) for x in sets[k])} for k, v in t.items()}
+
     @staticmethod
     def _data(spec, ctx: Context) -> tuple[Loaded, str, ClfData]:
         device = ctx.device

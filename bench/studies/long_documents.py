@@ -56,10 +56,57 @@ def run(parts: list[str] | None, root: Path, progress: bool = True) -> int:
     return failed
 
 
+COST_FILE = "cost_side_by_side.json"
+
+
+def side_by_side_costs(root: Path, parts: list[str] | None = None, repeats: int = 3) -> Path:
+    """Each probe part's strategies timed side by side at each of its budgets on its cost sample (the
+    clf task's ``cost_side_by_side``), for parts with recorded cells; written to ``root/cost_side_by_side.json``
+    and read by the report next to each cell's own measured cost (cells timed minutes apart on a shared machine
+    drift; strategies timed in turn in one pass do not drift apart)."""
+    import dataclasses
+    import json
+
+
+    from ctxbench.bench.results import read_jsonl
+    from ctxbench.tasks import get_task
+    from ctxbench.tasks.base import Context
+    from ctxbench.tasks.model.encoder import pick_device
+
+    runs_path = root / "clf" / "runs.jsonl"
+    recorded = {(r["spec"]["dataset"], r["spec"]["model"]) for r in read_jsonl(runs_path)} if runs_path.exists() \
+        else set()
+    task = get_task("clf")
+    rows, ctx = [], None
+    for name, sweep in sweeps(parts):
+        if sweep.mode != "probe" or (sweep.dataset, sweep.model) not in recorded:
+            continue
+        ctx = ctx or Context(device=pick_device(sweep.device), progress=False)
+        settings = dataclasses.replace(sweep.settings, transform="none")  # cost does not depend on the order
+        for budget in sweep.budgets:
+            spec = next(c for c in sweep.cells() if c.budget == budget)
+            spec = dataclasses.replace(spec, settings=settings)
+            got = task.cost_side_by_side(spec, ctx, sweep.strategies, repeats)
+            head = got.get("head", {}).get("seconds")
+            for label, v in got.items():
+                rows.append({"part": name, "dataset": sweep.dataset, "model": sweep.model, "budget": budget,
+                             "strategy": label, **v, "x_head": v["seconds"] / head if head else None})
+            print(f"side-by-side cost {name} b={budget}: " + ", ".join(
+                f"{k} {v['ms_per_doc']:.1f} ms" for k, v in got.items()), flush=True)
+    path = root / COST_FILE
+    path.write_text(json.dumps({"method": "tasks/clf.py Classification.cost_side_by_side: every strategy's inputs "
+                                          "for the cost sample, timed in turn (side_by_side), median of "
+                                          f"{repeats} passes after a warm-up each", "device": str(ctx.device)
+                                if ctx else None, "rows": rows}, indent=1))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ctxbench.bench.studies.long_documents",
                                  description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", nargs="?", default="run", choices=["run", "report"])
+    ap.add_argument("command", nargs="?", default="run", choices=["run", "cost", "report"],
+                    help="run: the parts, then the report; cost: time each part's strategies side by side (a quiet "
+                         "machine helps), then the report; report: the outputs only")
     ap.add_argument("--parts", default=None, help=f"comma-separated, in this order (default all): {', '.join(PARTS)}")
     ap.add_argument("--results", default=str(ROOT))
     ap.add_argument("--quiet", action="store_true")
@@ -68,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     if args.command == "run":
         failed = run(args.parts.split(",") if args.parts else None, root, progress=not args.quiet)
+    elif args.command == "cost":
+        print(f"wrote {side_by_side_costs(root, args.parts.split(',') if args.parts else None)}")
     from ctxbench.bench.studies.long_report import write_report
 
     print(f"wrote {write_report(root)}")

@@ -52,8 +52,23 @@ def _groups(cells: pd.DataFrame):
 # ----------------------------------------------------------------------------- recommendations
 
 
-def recommendation_rows(best_cells: pd.DataFrame) -> list[dict]:
-    """Per group and budget: the best strategy and every strategy not decided worse than it."""
+def side_by_side(root: Path) -> dict[tuple, dict]:
+    """(dataset, model, budget, strategy) -> the side-by-side cost row (long_documents.side_by_side_costs)."""
+    import json
+
+    from ctxbench.bench.studies.long_documents import COST_FILE
+
+    path = root / COST_FILE
+    if not path.exists():
+        return {}
+    rows = json.loads(path.read_text())["rows"]
+    return {(r["dataset"], r["model"], int(r["budget"]), r["strategy"]): r for r in rows}
+
+
+def recommendation_rows(best_cells: pd.DataFrame, sbs: dict[tuple, dict] | None = None) -> list[dict]:
+    """Per group and budget: the best strategy and every strategy not decided worse than it, with the cost
+    of each: × head timed side by side where that was measured, else the cell's own measured pass."""
+    sbs = sbs or {}
     rows = []
     for (title, _), g in _groups(best_cells):
         fmt = metric_format(g["metric"])
@@ -67,18 +82,33 @@ def recommendation_rows(best_cells: pd.DataFrame) -> list[dict]:
             worse = b[(b["strategy"] != best) & (b["p_holm"] < ALPHA)]
             undecided = []
             for _, r in tied[tied["strategy"] != best].iterrows():
-                more = r.get("more_units", np.nan)
-                undecided.append(f"{names[r['strategy']]} ({_fmt(r['diff_vs_head'], fmt, True)}"
-                                 f"{'' if not np.isfinite(more) else f', ~{int(more):,} more docs'})")
-            cost = "; ".join(f"{names[r['strategy']]} {_fmt(r.get('cost_latency_ms', np.nan), '{:.1f}')} ms"
-                             for _, r in tied.sort_values("cost_latency_ms").iterrows())
-            cheapest = tied.sort_values("cost_latency_ms").iloc[0]
+                more, n = r.get("more_units", np.nan), r.get("n_units", np.nan)
+                if not np.isfinite(more):
+                    need = ""
+                elif more <= 0:  # significant before the adjustment over the table, not after it
+                    need = ", undecided only after Holm"
+                elif more > 100 * n:
+                    need = ", more seeds rather than documents"
+                else:
+                    need = f", ~{int(more):,} more docs"
+                undecided.append(f"{names[r['strategy']]} ({_fmt(r['diff_vs_head'], fmt, True)}{need})")
+            def cost_of(r: pd.Series, budget: int = int(budget)) -> float:
+                hit = sbs.get((r["dataset"], r["model"], budget, r["strategy"]))
+                return hit["x_head"] if hit and hit.get("x_head") else np.nan
+
+            tied = tied.assign(_x=[cost_of(r) for _, r in tied.iterrows()])
+            paired = tied["_x"].notna().all()
+            key = "_x" if paired else "cost_latency_ms"
+            cost = "; ".join(f"{names[r['strategy']]} " + (f"{r['_x']:.2f}× head" if paired else
+                                                           f"{_fmt(r.get('cost_latency_ms', np.nan), '{:.1f}')} ms")
+                             for _, r in tied.sort_values(key).iterrows())
+            cheapest = tied.sort_values(key).iloc[0]
             rows.append({"group": title, "b": int(budget),
                          "best [95% CI]": f"{names[best]} {_fmt(b.loc[b['strategy'] == best, 'metric'].iloc[0], fmt)} "
                                           f"{_ci(*b.loc[b['strategy'] == best, ['ci_lo', 'ci_hi']].iloc[0], fmt)}",
                          "indistinguishable from the best (Δ, more test docs to decide)": ", ".join(undecided) or "–",
-                         "cheapest of those (measured ms/doc, b=1 p50)": f"{names[cheapest['strategy']]}",
-                         "measured cost of each": cost,
+                         "cheapest of those": f"{names[cheapest['strategy']]}",
+                         "measured cost of each (× head side by side, else ms/doc b=1 p50 of its own pass)": cost,
                          "decided worse": str(len(worse))})
     return rows
 
@@ -238,7 +268,8 @@ def write_report(root: str | Path) -> Path:
     cells, frame = board.cells, board.frame
     best_cells, _, _ = cell_frames(frame, runs_path.parent, reference=BEST)
 
-    rec = recommendation_rows(best_cells)
+    sbs = side_by_side(root)
+    rec = recommendation_rows(best_cells, sbs)
     atomic_write_text(root / "recommendations.md", "# Recommendation per data set and budget\n\n" + GEN + "\n"
                       "Each row: the best strategy at that budget (highest mean over seeds), then every strategy the "
                       "paired two-level bootstrap (seeds and test documents) could not tell from it after Holm's "
@@ -277,7 +308,14 @@ def write_report(root: str | Path) -> Path:
               "## Recommendation per budget", "", "(`recommendations.md`)", "", _md(rec), "",
               "## Position or content", "", "(`position.md`)", "", *(f"- {v}" for v in verdicts or ["_not run yet_"]),
               "", "## Long model vs short model", "", "(`models.md`)", "", _md(models), "",
-              "## Metric against measured cost", "", *(pictures or ["_no measured cost yet_"]), "",
+              "## Metric against measured cost", "",
+              "Each cell's own cost pass ran when its cell did, on a shared machine and, in this run, beside other "
+              "work: compare those figures across cells with care. `cost_side_by_side.json` (`long_documents "
+              "cost`) times every strategy of a budget in turn in one pass; its × head ratios are what the "
+              "recommendation table quotes where present." if sbs else
+              "Each cell's own cost pass ran when its cell did, on a shared machine: compare those figures "
+              "across cells with care (`long_documents cost` times them side by side).", "",
+              *(pictures or ["_no measured cost yet_"]), "",
               "## Every table", "", "Per group (data set, model, mode): `clf/SUMMARY.md` (compact, with Δ vs head) "
               "and `clf/leaderboard.md` (length buckets and every measurement).", ""]
     path = root / "README.md"
