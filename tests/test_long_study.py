@@ -57,3 +57,18 @@ def test_every_part_of_the_study_is_a_valid_sweep_and_the_data_say_where_they_co
     assert "lower-cased" in data_provenance("clf", "20ng")
     assert "10,565 of the official 10,570" in data_provenance("qa", "squad_dev")
     assert "SILVER" in data_provenance("ner", "news_silver")
+
+
+def test_strategies_are_timed_side_by_side_on_the_cost_sample(tiny_model, tiny_data, cache_env):
+    from ctxbench.tasks import get_task
+
+    sweep = load_sweep("clf", [f"model={tiny_model}", f"dataset={tiny_data}", "limits.train=null", "limits.val=null",
+                               "limits.test=null", "budgets=[16]", "cost_docs=6", "clf.unpunctuated=words",
+                               "strategies=[head, {name: sliding, max_windows: 4}, textrank]"])
+    spec = sweep.cells()[0]
+    got = get_task("clf").cost_side_by_side(spec, Context(device=torch.device("cpu"), progress=False),
+                                            sweep.strategies, repeats=1)
+    assert set(got) == {"head", "sliding[max_windows=4]", "textrank"}
+    assert all(v["docs"] == 6 and v["seconds"] > 0 for v in got.values())
+    assert got["sliding[max_windows=4]"]["real_tokens"] > got["head"]["real_tokens"]
+    assert got["head"]["inputs"] == got["textrank"]["inputs"] == 6  # one window a document
