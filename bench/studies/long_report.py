@@ -137,15 +137,17 @@ def position_rows(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
             continue
         fmt = metric_format(g["metric"])
         names = short_names(g["strategy"])
+        head_own = {r["transform"]: r["metric"] for _, r in g[g["strategy"] == REFERENCE].iterrows()}
         for strategy, s in g.groupby("strategy", sort=False):
             row = {"data": key[0], "b": int(key[3]), "strategy": names[strategy]}
-            state = {}
+            state, own = {}, {}
             for t in ("none", "invert", "shuffle_sentences"):
                 r = s[s["transform"] == t]
                 if r.empty:
                     row[t] = "–"
                     continue
                 r = r.iloc[0]
+                own[t] = r["metric"]
                 if strategy == REFERENCE:
                     row[t] = f"{_fmt(r['metric'], fmt)} {_ci(r['ci_lo'], r['ci_hi'], fmt)} (head itself)"
                     continue
@@ -156,17 +158,20 @@ def position_rows(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
             if strategy != REFERENCE and "none" in state and "invert" in state:
                 a, b = state["none"], state["invert"]
                 if a and b and a != b:
-                    v = f"flips ({a} → {b}): reads position"
+                    v = f"flips against head ({a} → {b}): reads position"
                 elif a and not b:
-                    v = f"advantage {a} vanishes under inversion: position-dependent"
+                    v = f"its {a} against head vanishes under inversion"
                 elif a and a == b:
                     v = f"same direction ({a}) on inverted text: content"
                 elif not a and b:
-                    v = f"{b} only on inverted text"
+                    v = f"{b} against head only on inverted text"
                 else:
                     v = "undecided on both"
+                v += f" (own {_fmt(own['none'], fmt)} → {_fmt(own['invert'], fmt)}; head " \
+                     f"{_fmt(head_own.get('none', np.nan), fmt)} → {_fmt(head_own.get('invert', np.nan), fmt)})"
                 row["under inversion"] = v
                 verdicts.append(f"{key[0]} b={int(key[3])}: {names[strategy]} — {v}")
+            row.setdefault("under inversion", "–")
             rows.append(row)
     return rows, verdicts
 
