@@ -64,7 +64,8 @@ def write_summary(folder: Path, summary: dict, share: float, base_desc: str) -> 
         f"{share:.0%} of the run's starting memory held extra)",
         "- rule: a throughput regression needs the whole bootstrap 95% interval of the change below the limit, "
         "after the flagged benchmarks are measured once more and their rounds pooled (perf-check --confirm); "
-        "memory compares the measured peaks (thresholds.json)", "",
+        "the same interval on the suite-wide geometric mean of the throughput ratios; memory compares the measured "
+        "peaks (thresholds.json, with its per-machine floor)", "",
         tabulate(rows, headers=["kind", "what", "tries", "failed", "rate", "benchmarks flagged per try",
                                 "reports"], tablefmt="github"), ""])
     path = folder / "README.md"
