@@ -50,7 +50,12 @@ class Train:
     warmup_ratio: float = 0.1
     grad_accum: int = 1
     dropout: float = 0.1
-    steps: int | None = None  # equal optimizer steps for every strategy (no early stopping); None: epochs decide
+    steps: int | None = None  # this many optimizer steps for every strategy (no early stopping); None: schedule
+    # auto: equal_steps when fine-tuning, epochs for a probe head. equal_steps: every strategy of a grid takes the
+    # optimizer steps `epochs` passes over the training *documents* take (the steps head takes), however many
+    # windows it makes of them, and is scored at its final weights; epochs: `epochs` passes over a strategy's own
+    # training windows with early stopping (sliding then takes ~3x head's steps: a training gap, not a context one)
+    schedule: str = "auto"
     # finetune mode (tasks/model/peft.py)
     finetune: str = "full"  # full | lora | adalora | prefix | ia3
     lora_r: int = 8  # lora: the rank; adalora: the average rank it prunes to
@@ -107,6 +112,9 @@ class RunSpec:
     settings: Any = None  # the task's own settings (its ``Settings`` dataclass; YAML key = the task's name)
 
     def __post_init__(self) -> None:  # a spec built in code gets its task's default settings
+        if self.train.schedule == "auto":
+            object.__setattr__(self, "train", dataclasses.replace(self.train,
+                                                                  schedule=resolve_schedule(self.mode, self.task)))
         if self.settings is None:
             cls = getattr(get_task(self.task), "Settings", None)
             if cls is not None:
@@ -126,6 +134,8 @@ class RunSpec:
                     del own[name]
             if own:
                 d[self.task] = own
+        if d["train"].get("schedule") == "epochs":  # the rule before `schedule` existed: run_ids kept
+            del d["train"]["schedule"]
         d["strategy"] = {"name": self.strategy.name, "params": dict(self.strategy.params), "label": self.strategy.label}
         for name in LATER_FIELDS:
             if getattr(self, name) == _DEFAULTS[name]:
@@ -173,6 +183,15 @@ class Sweep:
 
 
 LATER_FIELDS = ("precision", "cost_docs", "cost_repeats")
+SCHEDULES = ("auto", "equal_steps", "epochs")
+
+
+def resolve_schedule(mode: str, task: str) -> str:
+    """``train.schedule: auto``: fine-tuned strategies compare at equal optimizer steps; a probe head
+    (cheap, convex-ish, early-stopped) trains by epochs, and so does a task whose one trained model
+    serves every strategy (``shared_training``: QA), where the steps are equal by construction."""
+    shared = getattr(get_task(task), "shared_training", False)
+    return "epochs" if mode == "probe" or shared else "equal_steps"
 _DEFAULTS = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
              for f in fields(RunSpec) if f.name in LATER_FIELDS}
 
@@ -378,6 +397,10 @@ def validate(sweep: Sweep) -> None:
     if sweep.train.optimizer not in ("adamw", "lbfgs"):
         raise ConfigError(f"train.optimizer must be 'adamw' or 'lbfgs', got {sweep.train.optimizer!r}")
     t = sweep.train
+    if t.schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {t.schedule!r}")
+    if t.schedule == "equal_steps" and sweep.mode == "probe" and t.optimizer == "lbfgs":
+        raise ConfigError("train.schedule=equal_steps counts AdamW steps; an L-BFGS probe trains by epochs")
     if t.finetune not in KINDS:
         raise ConfigError(f"train.finetune must be one of {', '.join(KINDS)}, got {t.finetune!r}")
     if t.lora_r < 1:

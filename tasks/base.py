@@ -2,7 +2,8 @@
 
 A task adapter is metadata plus a few functions: ``name``, ``version`` (bump it
 when preprocessing changes: it is part of every run_id), ``main_metric``,
-``higher_is_better``, ``data_label(spec)`` (e.g. "silver") and
+``higher_is_better``, optionally ``shared_training`` (True where one trained model serves every
+strategy of a grid, as QA's: its steps are equal by construction), ``data_label(spec)`` (e.g. "silver") and
 ``run(spec, ctx) -> CellResult``. The runner owns the grid, run ids, resume,
 measurement of memory and wall time, and the results store; the adapter loads
 its data (cached), turns strategy windows into model inputs, folds window

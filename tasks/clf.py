@@ -315,7 +315,8 @@ def predict(model: nn.Module, groups: Sequence, batch_size: int, device: torch.d
 
 
 def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable[[nn.Module], float], spec,
-        device: torch.device, progress: bool, weights: Sequence[float] | None = None) -> dict[str, Any]:
+        device: torch.device, progress: bool, weights: Sequence[float] | None = None, units: int | None = None
+        ) -> dict[str, Any]:
     """Cross-entropy on the groups through the shared loop (tasks/model/train.py): AdamW with warm-up (or
     full-batch L-BFGS for probes), early stopping on validation macro-F1; an end-to-end model trains data
     parallel under a launcher. ``weights``: per group (a batch's loss is their weighted mean)."""
@@ -336,7 +337,7 @@ def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable
 
     info = train_loop(model, batches, loss, spec.train, spec.seed, device, evaluate=evaluate,
                       tokens=lambda j: group_size(groups[j]), data_parallel=isinstance(model, FinetuneModel),
-                      progress=progress)
+                      progress=progress, units=units)
     info["best_val_macro_f1"] = info.pop("best_val")
     return info
 
@@ -559,7 +560,8 @@ class Classification:
         if not as_doc and settings_of(spec).window_weight == "document":
             per_doc = np.bincount(own_train, minlength=len(train_windows))
             weights = [1.0 / per_doc[i] for i in own_train]
-        train_info = fit(model, g_train, y_train, evaluate, spec, ctx.device, ctx.progress, weights)
+        train_info = fit(model, g_train, y_train, evaluate, spec, ctx.device, ctx.progress, weights,
+                         units=len(train_windows))  # train.schedule=equal_steps counts documents
         g_test, own_test = self.groups("test", windows["test"], as_doc, item)
         t0 = time.perf_counter()
         scores, secs, padded = doc_scores("test", g_test, own_test, "predict" if ctx.progress else None)
@@ -630,7 +632,7 @@ class Classification:
         n_groups = len(train_windows) if doc_level(strategy) else sum(len(ws) for ws in train_windows)
         fresh = load_encoder(spec.model, ctx.device)  # a fresh copy: fine-tuning must not touch the shared encoder
         # full | lora | adalora | prefix | ia3 (a "<model>@<n>" name arrives position-extended from resolve_model)
-        steps = optimizer_steps(ceil_div(n_groups, spec.train.batch_size), spec.train)
+        steps = optimizer_steps(ceil_div(n_groups, spec.train.batch_size), spec.train, units=len(train_windows))
         encoder = apply_peft(fresh.model, spec.train, steps,
                              longest_input=budget + enc.tokenizer.num_special_tokens_to_add(pair=False))
         model = FinetuneModel(encoder, head, enc.tokenizer.pad_token_id, spec.pooler, ctx.device,

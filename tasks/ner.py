@@ -483,7 +483,8 @@ def fit(model: TokenModel, examples: Sequence[Sequence], labels: Sequence[Sequen
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), ignore_index=IGNORE)
 
     info = train_loop(model, batches, loss, spec.train, spec.seed, device, evaluate=evaluate,
-                      tokens=lambda i: sizes[i], data_parallel=False, progress=progress)
+                      tokens=lambda i: sizes[i], data_parallel=False, progress=progress,
+                      units=len(examples))  # train.schedule=equal_steps: steps of `epochs` passes over the documents
     info.update(best_val_f1=info.pop("best_val"), train_examples=len(examples), train_windows=int(sum(n_windows)))
     return info
 
@@ -691,7 +692,8 @@ class NER:
         train_windows = capped(p.windows["train"], cap)
         ex_train, own_train = self.examples(p, "train", item, train_windows)
         if model is None:
-            steps = optimizer_steps(train_batches_per_epoch(ex_train, spec.train.batch_size), spec.train)
+            steps = optimizer_steps(train_batches_per_epoch(ex_train, spec.train.batch_size), spec.train,
+                                    units=len(ex_train))
             model = self._finetune_model(spec, ctx, p, head, steps, max(item_len(x) for ex in ex_train for x in ex))
         lab_train, _ = self.examples(p, "train", lambda s, i, w: self.window_labels(p, s, i, w), train_windows)
         ex_val, own_val = self.examples(p, "val", item)

@@ -717,6 +717,7 @@ class ExtractiveQA:
     version = "1"
     main_metric = "f1"
     higher_is_better = True
+    shared_training = True  # one model per (model, kind, seed) reads every strategy's windows: equal steps by design
 
     @staticmethod
     def provenance(dataset: str) -> str:

@@ -100,3 +100,32 @@ def test_the_encoder_sharing_ratio_is_measured_side_by_side(tiny_model, tiny_dat
     (row,) = json.loads((tmp_path / "clf" / "encoder_sharing.json").read_text())
     assert row["measured_windows_all"] >= row["measured_windows_sliding"] > 0
     assert row["measured_s_all"] > 0 and row["measured_s_sliding"] > 0 and row["measured_ratio"] > 0
+
+
+def test_cpu_pass_memory_is_measured_in_a_child_that_ran_only_that_pass():
+    """The child's rise is the pass's own: a pass that holds 64 MB more reads about 64 MB more, and the
+    parent's own high-water mark is not touched by it."""
+    from ctxbench.tasks.model.measure import rss_peak_mb
+
+    parent_peak = rss_peak_mb()
+
+    def small():
+        torch.ones(1 << 20).sum()  # 4 MB
+
+    def big():
+        torch.ones(17 << 20).sum()  # 68 MB
+
+    a, b = cost_mod.child_pass_memory(small), cost_mod.child_pass_memory(big)
+    assert a["cost_memory_kind"].startswith("cpu: a child forked") and a["cost_peak_mb"] > a["cost_activation_mb"]
+    assert 50 < b["cost_activation_mb"] - a["cost_activation_mb"] < 90
+    assert rss_peak_mb() < parent_peak + 50  # the 68 MB lived in the child only
+
+
+def test_a_failing_memory_child_is_an_error_not_a_number():
+    import pytest
+
+    def boom():
+        raise ValueError("planted")
+
+    with pytest.raises(RuntimeError, match="planted"):
+        cost_mod.child_pass_memory(boom)

@@ -234,3 +234,44 @@ def test_modes_run_through_the_clf_task(tiny_model, tiny_data, tmp_path, cache_e
         assert r["spec"]["train"]["finetune"] == kind
         assert 0 < m["trainable_params"] < m["total_params"] / 5
         assert m["train_examples_per_s"] > 0 and m["train_tokens_per_s"] > 0 and m["peak_memory_mb"] > 0
+
+
+def test_equal_steps_counts_documents_not_a_strategys_windows():
+    t = Train(epochs=3, batch_size=8, schedule="equal_steps")
+    # 40 documents: head makes 5 batches an epoch, sliding's 120 windows 15; both take head's 3 x 5 steps
+    assert optimizer_steps(5, t, units=40) == optimizer_steps(15, t, units=40) == 15
+    assert optimizer_steps(15, dataclasses.replace(t, schedule="epochs"), units=40) == 45  # the epoch rule
+    assert optimizer_steps(15, dataclasses.replace(t, steps=7), units=40) == 7
+
+
+def test_schedule_auto_resolves_by_mode_and_task_and_keeps_probe_run_ids():
+    from ctxbench.bench.config import RunSpec, StrategySpec
+    from ctxbench.bench.results import run_id
+
+    def spec(task, mode):
+        return RunSpec(task=task, dataset="x", model="m", mode=mode, strategy=StrategySpec("head"), budget=8, seed=0)
+
+    assert spec("clf", "probe").train.schedule == "epochs" and "schedule" not in spec("clf", "probe").to_dict()["train"]
+    assert spec("clf", "finetune").train.schedule == "equal_steps" == spec("ner", "finetune").train.schedule
+    assert spec("qa", "finetune").train.schedule == "epochs"  # one QA model serves every strategy
+    assert spec("clf", "finetune").to_dict()["train"]["schedule"] == "equal_steps"
+    explicit = dataclasses.replace(spec("clf", "probe"), train=Train(schedule="epochs"))
+    assert run_id(explicit.to_dict()) == run_id(spec("clf", "probe").to_dict())
+
+
+def test_fine_tuned_strategies_take_equal_steps_by_default(tiny_model, tiny_data, tmp_path, cache_env):
+    """head (one window a document) and sliding (several) take the same optimizer steps by default; the
+    epoch rule (train.schedule=epochs) gives sliding more, as it did before."""
+    common = [f"model={tiny_model}", f"dataset={tiny_data}", "limits.train=24", "limits.val=12", "limits.test=12",
+              "mode=finetune", "train.finetune=lora", "train.epochs=1", "train.batch_size=8", "seeds=[0]",
+              "strategies=[head, {name: sliding, pool: mean, max_windows: 4}]", "budgets=[16]", "cost_repeats=0"]
+    steps = {}
+    for schedule in ("auto", "epochs"):
+        sweep = load_sweep("clf", [*common, f"train.schedule={schedule}"])
+        out = tmp_path / schedule
+        assert run_sweep(sweep, out, ctx=Context(device=torch.device("cpu"), progress=False), progress=False).ok
+        for r in read_jsonl(out / "clf" / "runs.jsonl"):
+            steps[schedule, r["spec"]["strategy"]["name"]] = r["measurements"]["optimizer_steps"]
+            assert r["measurements"]["schedule"] == ("equal_steps" if schedule == "auto" else "epochs")
+    assert steps["auto", "head"] == steps["auto", "sliding"] == 3  # 24 documents / 8
+    assert steps["epochs", "sliding"] > steps["epochs", "head"] == 3

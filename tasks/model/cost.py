@@ -16,15 +16,21 @@ document of a fixed cost sample, the model inputs its strategy makes), and the p
   before each timed pass (interleaved with it, same dtype). Above 100% it is a measurement error: the
   value is kept as ``utilisation_measured`` and ``utilisation`` is None;
 * **memory of this pass alone**: CUDA: peak allocated after a reset (absolute and above the loaded
-  model); CPU: the process's resident high-water mark reset (``/proc/self/clear_refs``, after
-  ``malloc_trim``) right before the pass, so the peak is this pass's, not the process's history.
+  model); CPU: a child process forked with the model loaded runs only one pass: it returns freed heap
+  to the system (``malloc_trim``), notes its RSS, resets its resident high-water mark
+  (``/proc/self/clear_refs``), runs the pass and reports the peak (absolute) and the peak minus that RSS
+  (the pass's activation memory). The parent's history never enters it, and its own high-water mark is
+  untouched. Where ``fork`` is missing, the same reset runs in process (``cost_memory_kind`` says which).
 
 Cost depends on (model, strategy, budget, precision, device, mode), not on the seed: the runner
 measures it once per such key and records it in every seed's run.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -102,6 +108,46 @@ class PassMemory:
                     "cost_memory_kind": "cpu resident high-water mark reset before the pass, and above the RSS then"}
 
 
+def child_pass_memory(run: Callable[[], None], threads: int | None = None) -> dict[str, Any]:
+    """CPU: ``run`` once in a forked child; its peak RSS and the rise above its RSS before the pass."""
+    if not hasattr(os, "fork") or not os.path.exists("/proc/self/clear_refs"):
+        with PassMemory(torch.device("cpu")) as mem:
+            run()
+        return {**mem.out, "cost_memory_kind": mem.out["cost_memory_kind"] + " (in process: no fork here)"}
+    threads = threads or torch.get_num_threads()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only this pass, then out without running the parent's exit handlers
+        code = 0
+        try:
+            os.close(r)
+            torch.set_num_threads(threads)
+            _malloc_trim()
+            base = current_rss_mb()
+            ok = reset_rss_peak()
+            with torch.inference_mode():
+                run()
+            peak = rss_peak_mb()
+            out = {"cost_peak_mb": peak if ok else None, "cost_activation_mb": peak - base if ok else None,
+                   "cost_memory_kind": "cpu: a child forked with the model loaded ran only this pass; peak RSS, "
+                                       "and the peak minus its RSS before the pass" if ok else
+                                       "unavailable: no /proc/self/clear_refs in the child"}
+            os.write(w, json.dumps(out).encode())
+        except BaseException as e:  # noqa: BLE001  (reported to the parent, never raised in a fork)
+            os.write(w, json.dumps({"error": repr(e)}).encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        blob = f.read()
+    os.waitpid(pid, 0)
+    out = json.loads(blob or b'{"error": "the child wrote nothing"}')
+    if "error" in out:
+        raise RuntimeError(f"the cost pass's memory child failed: {out['error']}")
+    return out
+
+
 def timed_pass(forward: Forward, inputs: list[list[int]], pad_id: int, device: torch.device, batch_size: int,
                precision: str = "auto", types: list[list[int]] | None = None) -> float:
     """Seconds of one pass over ``inputs`` through the batched path, CUDA synchronised around it."""
@@ -147,10 +193,11 @@ def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precis
             one_pass(flat, flat_types, batch_size)
             cal.a @ cal.b
         rates, times = [], []
-        with PassMemory(device) as mem:
+        with PassMemory(device) if device.type == "cuda" else contextlib.nullcontext() as mem:
             for _ in range(repeats):
                 rates.append(cal.sample())  # interleaved: the rate right before each timed pass
                 times.append(one_pass(flat, flat_types, batch_size))
+        memory = mem.out if mem is not None else child_pass_memory(lambda: one_pass(flat, flat_types, batch_size))
         latency = []
         for d, doc in enumerate(probe.inputs):
             if doc:
@@ -170,7 +217,7 @@ def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precis
         "latency_b1_p95_ms": float(np.percentile(latency, 95) * 1e3) if latency else None,
         "flops_per_doc": flops / max(1, docs), "flops_counter": "torch.utils.flop_counter.FlopCounterMode",
         "matmul_gflops": rate, "utilisation_measured": util, "utilisation": util if util <= 1.0 else None,
-        **mem.out, **probe.extra,
+        **memory, **probe.extra,
     }
     if util > 1.0:
         out["utilisation_error"] = (f"measured {util:.0%} of the interleaved matmul rate: above 100% is a timing "
@@ -178,4 +225,4 @@ def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precis
     return out
 
 
-__all__ = ["CostProbe", "PassMemory", "cost_sample", "measure_cost", "side_by_side", "timed_pass"]
+__all__ = ["CostProbe", "PassMemory", "child_pass_memory", "cost_sample", "measure_cost", "side_by_side", "timed_pass"]

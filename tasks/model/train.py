@@ -40,19 +40,31 @@ def capped(windows: Sequence[Sequence], cap: int | None) -> list[list]:
     return [[ws[i] for i in idx] for ws, idx in zip(windows, keep)]
 
 
-def optimizer_steps(batches_per_epoch: int, train) -> int:
-    """Optimizer steps of one :func:`fit` run: ``train.steps`` when set (equal steps for every
-    strategy), else every epoch's batches over ``grad_accum`` (early stopping may end it sooner)."""
+def fixed_steps(train, units: int | None) -> bool:
+    """Whether a fixed number of steps ends training (no early stopping; the final weights are scored)."""
+    return bool(getattr(train, "steps", None)) or (getattr(train, "schedule", "epochs") == "equal_steps"
+                                                   and units is not None)
+
+
+def optimizer_steps(batches_per_epoch: int, train, units: int | None = None) -> int:
+    """Optimizer steps of one :func:`fit` run: ``train.steps`` when set; with ``train.schedule =
+    equal_steps``, ``epochs`` passes over the ``units`` training documents (the same for every strategy
+    of a grid, however many windows each makes of a document); else every epoch's batches of the
+    strategy's own examples over ``grad_accum`` (early stopping may end it sooner)."""
     if getattr(train, "steps", None):
         return int(train.steps)
+    if fixed_steps(train, units):
+        batches_per_epoch = ceil_div(units, train.batch_size)
     return train.epochs * max(1, ceil_div(batches_per_epoch, train.grad_accum))
 
 
 def fit(model: nn.Module, batches: Batches, loss: Loss, train, seed: int, device: torch.device, *,
         evaluate: Callable[[nn.Module], float] | None = None, tokens: Callable[[int], int] | None = None,
-        data_parallel: bool = False, progress: bool = False, desc: str = "train") -> dict[str, Any]:
+        data_parallel: bool = False, progress: bool = False, desc: str = "train",
+        units: int | None = None) -> dict[str, Any]:
     """Train ``model`` in place; returns the training record. ``tokens(i)``: example ``i``'s
-    input tokens (for tokens seen); ``data_parallel``: under a launcher each process takes its
+    input tokens (for tokens seen); ``units``: the training documents (what ``equal_steps`` counts);
+    ``data_parallel``: under a launcher each process takes its
     share of every batch and DDP averages the gradients (end-to-end models; a probe head trains
     replicated). With one process the model, batches and operations are those without accelerate."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -66,14 +78,15 @@ def fit(model: nn.Module, batches: Batches, loss: Loss, train, seed: int, device
     per_epoch = len(natural)
     if per_epoch == 0:
         raise ConfigError("nothing to train on: the training split gave no examples")
-    total = optimizer_steps(per_epoch, train)
-    fixed_steps = bool(getattr(train, "steps", None))
+    total = optimizer_steps(per_epoch, train, units)
+    fixed = fixed_steps(train, units)
     lbfgs = train.optimizer == "lbfgs"
     if lbfgs:
         if data_parallel:
             raise ConfigError("train.optimizer=lbfgs is for probe mode; use adamw to fine-tune")
-        if fixed_steps:
-            raise ConfigError("train.steps counts AdamW steps; L-BFGS probes train full-batch for train.epochs")
+        if fixed:
+            raise ConfigError("train.steps and train.schedule=equal_steps count AdamW steps; L-BFGS probes "
+                              "train full-batch for train.epochs")
         opt = torch.optim.LBFGS(params, lr=1.0, max_iter=20, history_size=10, line_search_fn="strong_wolfe")
     elif train.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
@@ -83,7 +96,7 @@ def fit(model: nn.Module, batches: Batches, loss: Loss, train, seed: int, device
     rec = {"seen": 0, "tokens": 0, "steps": 0}
     losses: list[torch.Tensor] = []  # detached, read once at the end: no device sync per step
     best, best_state, bad, epochs_run, t_train = -float("inf"), None, 0, 0, 0.0
-    max_epochs = train.epochs if not fixed_steps else ceil_div(total * train.grad_accum, per_epoch)
+    max_epochs = train.epochs if not fixed else ceil_div(total * train.grad_accum, per_epoch)
     everything = sorted(i for b in natural for i in b)  # L-BFGS: one full batch
 
     def count(idx: Sequence[int]) -> None:
@@ -125,14 +138,14 @@ def fit(model: nn.Module, batches: Batches, loss: Loss, train, seed: int, device
                         sched.step()
                         opt.zero_grad()
                         rec["steps"] += 1
-                        if fixed_steps and rec["steps"] >= total:
+                        if fixed and rec["steps"] >= total:
                             break
             sync(device)
             t_train += time.perf_counter() - t0
             epochs_run = epoch + 1
-            if fixed_steps and rec["steps"] >= total:
+            if fixed and rec["steps"] >= total:
                 break
-            if evaluate is None:
+            if evaluate is None or fixed:  # fixed steps: only the final weights are scored
                 continue
             score = evaluate(model)
             if score > best:
@@ -140,9 +153,9 @@ def fit(model: nn.Module, batches: Batches, loss: Loss, train, seed: int, device
                 best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
             else:
                 bad += 1
-                if not fixed_steps and bad >= train.patience:
+                if bad >= train.patience:
                     break
-    if evaluate is not None and fixed_steps:  # equal steps: the final weights are what is scored
+    if evaluate is not None and fixed:  # equal steps: the final weights are what is scored
         best, best_state = evaluate(model), None
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -150,6 +163,7 @@ def fit(model: nn.Module, batches: Batches, loss: Loss, train, seed: int, device
     losses = torch.stack(losses).float().cpu().tolist() if losses else []
     k = max(1, len(losses) // 10)
     return {"epochs_run": epochs_run, "optimizer_steps": rec["steps"], "planned_steps": total,
+            "schedule": "steps" if getattr(train, "steps", None) else "equal_steps" if fixed else "epochs",
             "best_val": best if evaluate is not None else None, "train_seconds": t_train,
             "train_processes": size, "train_examples_seen": rec["seen"],
             "train_tokens_seen": rec["tokens"] if tokens is not None else None,
@@ -159,4 +173,4 @@ def fit(model: nn.Module, batches: Batches, loss: Loss, train, seed: int, device
             "train_loss_last": float(np.mean(losses[-k:])) if losses else None}
 
 
-__all__ = ["capped", "fit", "optimizer_steps"]
+__all__ = ["capped", "fit", "fixed_steps", "optimizer_steps"]
