@@ -160,6 +160,18 @@ class Prepared:
                 "padding_waste": 1.0 - self.real_tokens / padded if padded else None, "flops": self.flops}
 
 
+def busy(device: torch.device, seconds: float) -> None:
+    """The planted slowdown's extra time, spent computing as a slower forward would (matmuls on the
+    same device and threads), not sleeping: an idle gap lets a VM's vCPU cool or be descheduled, and the
+    matmul rate sampled after it then falls with the round, which would hide the plant from a rule
+    that reads rounds per unit of machine work."""
+    a = torch.randn(256, 256, device=device)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        a = torch.tanh(a @ a)  # (256, 256): bounded values, never inf
+        sync(device)
+
+
 def prepare(enc: Loaded, workload: Workload, cell: Cell, device: torch.device) -> Prepared:
     """Build the cell's inputs once (untimed) and return its timed callable (with the workload's
     planted slowdown or memory, when a gate test asks for them)."""
@@ -177,7 +189,7 @@ def prepare(enc: Loaded, workload: Workload, cell: Cell, device: torch.device) -
         t0 = time.perf_counter()
         run()
         if workload.plant_slowdown:  # throughput x (1 - s): the run takes 1 / (1 - s) as long
-            time.sleep((time.perf_counter() - t0) * workload.plant_slowdown / (1.0 - workload.plant_slowdown))
+            busy(device, (time.perf_counter() - t0) * workload.plant_slowdown / (1.0 - workload.plant_slowdown))
         del extra
 
     return dataclasses.replace(prepared, run=planted)
