@@ -33,6 +33,16 @@ def _plant(kind: str, share: float) -> list[str]:
     return {"aa": [], "slow": [f"--perf-plant-slowdown={share}"], "mem": [f"--perf-plant-memory={share}"]}[kind]
 
 
+def keep(path: Path) -> None:
+    """``path`` (a suite's JSON) as ``path.gz`` with a fixed mtime (stable bytes), the plain file removed."""
+    import gzip
+
+    with open(path, "rb") as f, open(path.with_suffix(path.suffix + ".gz"), "wb") as out:
+        with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
+            gz.write(f.read())
+    path.unlink()
+
+
 def tally(results: dict[str, list[dict]]) -> dict[str, dict]:
     """Per kind: tries, how many failed, and benchmark-level counts."""
     out = {}
@@ -123,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "benchmarks": len(res.rows)})
             print(f"perf-proof: {kind}-{i + 1}: {'PASS' if res.ok else 'FAIL'} ({len(res.failures)} reasons)",
                   flush=True)
-            cur_path.unlink()  # the reports hold the numbers; the raw JSON would be ~100 KB a try
+            keep(cur_path)  # the raw JSON, gzipped (~20 KB): the report can be re-derived from it
             for raw in folder.glob("against-*.json"):
                 raw.unlink()
     base_desc = (f"`--against {args.against}`: that commit measured in a worktree, {args.pairs} interleaved pairs "
