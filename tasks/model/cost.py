@@ -16,7 +16,8 @@ document of a fixed cost sample, the model inputs its strategy makes), and the p
   before each timed pass (interleaved with it, same dtype). Above 100% it is a measurement error: the
   value is kept as ``utilisation_measured`` and ``utilisation`` is None;
 * **memory of this pass alone**: CUDA: peak allocated after a reset (absolute and above the loaded
-  model); CPU: a child process forked with the model loaded runs only one pass: it returns freed heap
+  model); CPU: a child process forked with the model loaded runs only one pass (on one thread: a fork
+  inherits an OpenMP pool it cannot use, see ``child_pass_memory``): it returns freed heap
   to the system (``malloc_trim``), notes its RSS, resets its resident high-water mark
   (``/proc/self/clear_refs``), runs the pass and reports the peak (absolute) and the peak minus that RSS
   (the pass's activation memory). The parent's history never enters it, and its own high-water mark is
@@ -108,20 +109,22 @@ class PassMemory:
                     "cost_memory_kind": "cpu resident high-water mark reset before the pass, and above the RSS then"}
 
 
-def child_pass_memory(run: Callable[[], None], threads: int | None = None) -> dict[str, Any]:
-    """CPU: ``run`` once in a forked child; its peak RSS and the rise above its RSS before the pass."""
+def child_pass_memory(run: Callable[[], None]) -> dict[str, Any]:
+    """CPU: ``run`` once in a forked child; its peak RSS and the rise above its RSS before the pass.
+    The child runs on one thread: a child forked from a process whose OpenMP pool has run deadlocks
+    in its first parallel region (seen here, torch 2.13), and a pass's memory does not depend on its
+    thread count beyond small per-thread scratch buffers."""
     if not hasattr(os, "fork") or not os.path.exists("/proc/self/clear_refs"):
         with PassMemory(torch.device("cpu")) as mem:
             run()
         return {**mem.out, "cost_memory_kind": mem.out["cost_memory_kind"] + " (in process: no fork here)"}
-    threads = threads or torch.get_num_threads()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: only this pass, then out without running the parent's exit handlers
         code = 0
         try:
             os.close(r)
-            torch.set_num_threads(threads)
+            torch.set_num_threads(1)  # before any parallel region: the inherited pool is not usable
             _malloc_trim()
             base = current_rss_mb()
             ok = reset_rss_peak()
@@ -129,8 +132,8 @@ def child_pass_memory(run: Callable[[], None], threads: int | None = None) -> di
                 run()
             peak = rss_peak_mb()
             out = {"cost_peak_mb": peak if ok else None, "cost_activation_mb": peak - base if ok else None,
-                   "cost_memory_kind": "cpu: a child forked with the model loaded ran only this pass; peak RSS, "
-                                       "and the peak minus its RSS before the pass" if ok else
+                   "cost_memory_kind": "cpu: a child forked with the model loaded ran only this pass (1 thread); "
+                                       "peak RSS, and the peak minus its RSS before the pass" if ok else
                                        "unavailable: no /proc/self/clear_refs in the child"}
             os.write(w, json.dumps(out).encode())
         except BaseException as e:  # noqa: BLE001  (reported to the parent, never raised in a fork)
