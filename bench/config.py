@@ -46,7 +46,7 @@ class Train:
     weight_decay: float = 0.01
     epochs: int = 40
     batch_size: int = 64
-    patience: int = 8  # early stopping on validation macro-F1
+    patience: int = 8  # early stopping on the validation metric (under the epoch rule only; see schedule)
     warmup_ratio: float = 0.1
     grad_accum: int = 1
     dropout: float = 0.1
@@ -134,8 +134,8 @@ class RunSpec:
                     del own[name]
             if own:
                 d[self.task] = own
-        if d["train"].get("schedule") == "epochs":  # the rule before `schedule` existed: run_ids kept
-            del d["train"]["schedule"]
+        if d["train"].get("schedule") == "epochs" or d["train"].get("steps"):  # the epoch rule (as before
+            del d["train"]["schedule"]  # `schedule` existed), or fixed steps, which it does not change: run_ids kept
         d["strategy"] = {"name": self.strategy.name, "params": dict(self.strategy.params), "label": self.strategy.label}
         for name in LATER_FIELDS:
             if getattr(self, name) == _DEFAULTS[name]:
@@ -399,6 +399,9 @@ def validate(sweep: Sweep) -> None:
     t = sweep.train
     if t.schedule not in SCHEDULES:
         raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {t.schedule!r}")
+    if t.schedule == "equal_steps" and getattr(get_task(sweep.task), "shared_training", False):
+        raise ConfigError(f"train.schedule=equal_steps: the {sweep.task} task trains one model that every strategy "
+                          f"reads, so its steps are already equal; leave train.schedule at auto (epochs there)")
     if t.schedule == "equal_steps" and sweep.mode == "probe" and t.optimizer == "lbfgs":
         raise ConfigError("train.schedule=equal_steps counts AdamW steps; an L-BFGS probe trains by epochs")
     if t.finetune not in KINDS:

@@ -318,8 +318,10 @@ def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable
         device: torch.device, progress: bool, weights: Sequence[float] | None = None, units: int | None = None
         ) -> dict[str, Any]:
     """Cross-entropy on the groups through the shared loop (tasks/model/train.py): AdamW with warm-up (or
-    full-batch L-BFGS for probes), early stopping on validation macro-F1; an end-to-end model trains data
-    parallel under a launcher. ``weights``: per group (a batch's loss is their weighted mean)."""
+    full-batch L-BFGS for probes); early stopping on validation macro-F1 under the epoch rule, or the steps
+    of ``train.epochs`` passes over ``units`` training documents (``train.schedule=equal_steps``, the
+    fine-tuning default); an end-to-end model trains data parallel under a launcher. ``weights``: per
+    group (a batch's loss is their weighted mean)."""
     y_t = torch.as_tensor(y, dtype=torch.long)
     w_t = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
     bs = spec.train.batch_size

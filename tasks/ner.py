@@ -458,9 +458,12 @@ def tag_documents(model: TokenModel, tokenizer, documents: Sequence[Sequence[str
 
 
 def fit(model: TokenModel, examples: Sequence[Sequence], labels: Sequence[Sequence[Sequence[int]]],
-        evaluate: Callable[[TokenModel], float], spec, device: torch.device, progress: bool) -> dict[str, Any]:
+        evaluate: Callable[[TokenModel], float], spec, device: torch.device, progress: bool,
+        units: int | None = None) -> dict[str, Any]:
     """Token cross-entropy on first sub-tokens through the shared loop (tasks/model/train.py): AdamW with
-    warm-up, batches of at most ``train.batch_size`` windows, early stopping on validation entity F1."""
+    warm-up, batches of at most ``train.batch_size`` windows; early stopping on validation entity F1 under
+    the epoch rule, or the steps of ``train.epochs`` passes over ``units`` training documents
+    (``train.schedule=equal_steps``, the fine-tuning default)."""
     if spec.train.optimizer != "adamw":
         raise ConfigError(f"ner: train.optimizer must be adamw (got {spec.train.optimizer!r})")
     n_windows = [len(ex) for ex in examples]
@@ -484,7 +487,7 @@ def fit(model: TokenModel, examples: Sequence[Sequence], labels: Sequence[Sequen
 
     info = train_loop(model, batches, loss, spec.train, spec.seed, device, evaluate=evaluate,
                       tokens=lambda i: sizes[i], data_parallel=False, progress=progress,
-                      units=len(examples))  # train.schedule=equal_steps: steps of `epochs` passes over the documents
+                      units=units)
     info.update(best_val_f1=info.pop("best_val"), train_examples=len(examples), train_windows=int(sum(n_windows)))
     return info
 
@@ -693,7 +696,7 @@ class NER:
         ex_train, own_train = self.examples(p, "train", item, train_windows)
         if model is None:
             steps = optimizer_steps(train_batches_per_epoch(ex_train, spec.train.batch_size), spec.train,
-                                    units=len(ex_train))
+                                    units=len(train_windows))
             model = self._finetune_model(spec, ctx, p, head, steps, max(item_len(x) for ex in ex_train for x in ex))
         lab_train, _ = self.examples(p, "train", lambda s, i, w: self.window_labels(p, s, i, w), train_windows)
         ex_val, own_val = self.examples(p, "val", item)
@@ -704,7 +707,8 @@ class NER:
             preds, _ = self.fold(p, "val", logits, own_val)
             return micro_f1([doc_counts(g, q) for g, q in zip(gold_val, self.tags(p, preds))])
 
-        info = fit(model, ex_train, lab_train, evaluate, spec, ctx.device, ctx.progress)
+        # train.schedule=equal_steps counts documents (an example is a window unless the strategy is document-level)
+        info = fit(model, ex_train, lab_train, evaluate, spec, ctx.device, ctx.progress, units=len(train_windows))
         info["train_max_windows"] = cap
         return model, info
 

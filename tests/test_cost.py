@@ -129,3 +129,12 @@ def test_a_failing_memory_child_is_an_error_not_a_number():
 
     with pytest.raises(RuntimeError, match="planted"):
         cost_mod.child_pass_memory(boom)
+
+
+def test_a_hanging_memory_child_is_killed_and_reported():
+    import time
+
+    import pytest
+
+    with pytest.raises(RuntimeError, match="ran past"):
+        cost_mod.child_pass_memory(lambda: time.sleep(30), timeout_s=1.0)

@@ -465,3 +465,18 @@ def test_end_to_end_on_real_silver_long_articles(tmp_path, cache_env, monkeypatc
     assert runs["sliding"]["measurements"]["windows_per_doc"] > 2  # the articles are several windows long
     board = leaderboard(runs.values(), root=tmp_path / "results" / "ner").markdown()
     assert "silver" in board and "sliding[last=short,pool=max]" in board
+
+
+def test_fine_tuned_strategies_take_equal_steps_counted_in_documents(tiny_model, inline, tmp_path, cache_env):
+    """NER makes one training example per window for window-level strategies: equal steps must count the
+    documents, so head and sliding take the same steps by default, and sliding takes more under the epoch rule."""
+    n_docs = len(inline["train"])
+    steps = {}
+    for schedule in ("auto", "epochs"):
+        sweep = sweep_for(tiny_model, "strategies=[head, {name: sliding, pool: max}]", "train.finetune=lora",
+                          "train.lora_r=2", "train.epochs=1", f"train.schedule={schedule}", "cost_repeats=0")
+        assert run(sweep, tmp_path / schedule).ok
+        for r in read_jsonl(tmp_path / schedule / "ner" / "runs.jsonl"):
+            steps[schedule, r["spec"]["strategy"]["name"]] = r["measurements"]["optimizer_steps"]
+    assert steps["auto", "head"] == steps["auto", "sliding"] == -(-n_docs // 16)
+    assert steps["epochs", "sliding"] > steps["epochs", "head"]

@@ -275,3 +275,22 @@ def test_fine_tuned_strategies_take_equal_steps_by_default(tiny_model, tiny_data
             assert r["measurements"]["schedule"] == ("equal_steps" if schedule == "auto" else "epochs")
     assert steps["auto", "head"] == steps["auto", "sliding"] == 3  # 24 documents / 8
     assert steps["epochs", "sliding"] > steps["epochs", "head"] == 3
+
+
+def test_equal_steps_is_refused_where_one_model_serves_every_strategy_and_for_lbfgs_probes():
+    with pytest.raises(ConfigError, match="already equal"):
+        load_sweep("qa", ["train.schedule=equal_steps"])
+    with pytest.raises(ConfigError, match="L-BFGS"):
+        load_sweep("clf", ["mode=probe", "train.optimizer=lbfgs", "train.schedule=equal_steps"])
+    with pytest.raises(ConfigError, match="train.schedule must be one of"):
+        load_sweep("clf", ["train.schedule=sometimes"])
+
+
+def test_fixed_steps_keep_the_run_id_whatever_the_schedule():
+    from ctxbench.bench.config import RunSpec, StrategySpec
+    from ctxbench.bench.results import run_id
+
+    ids = {run_id(RunSpec(task="clf", dataset="x", model="m", mode="finetune", strategy=StrategySpec("head"),
+                          budget=8, seed=0, train=Train(steps=150, schedule=s)).to_dict())
+           for s in ("auto", "epochs", "equal_steps")}
+    assert len(ids) == 1

@@ -437,3 +437,16 @@ def test_a_machine_burst_is_not_a_regression_but_a_slower_forward_is():
     raw_only = run(1 / 0.6, 1.0)
     raw_only["benchmarks"][0]["extra_info"]["calib_samples"] = []  # an old baseline: raw decides
     assert "raw; 95% CI" in check(base, raw_only, THRESHOLDS).failures[0]
+
+
+def test_pooling_keeps_rates_paired_with_rounds_only_when_every_run_pairs_them():
+    a = run_json()
+    a["benchmarks"] = [_paired("test_infer[x-b1]", [1.0, 1.1, 0.9], [100.0, 101.0, 99.0])]
+    b = copy.deepcopy(a)
+    merged = perfcheck.pooled([a, b])["benchmarks"][0]["extra_info"]
+    assert len(merged["round_seconds"]) == len(merged["calib_samples"]) == 6
+    c = copy.deepcopy(a)
+    c["benchmarks"][0]["extra_info"]["calib_samples"] = [100.0, 101.0, 99.0, 98.0]  # 4 rates for 3 rounds
+    d = copy.deepcopy(a)
+    d["benchmarks"][0]["extra_info"]["calib_samples"] = [100.0, 101.0]  # and 2 for 3: 6 in all, misaligned
+    assert perfcheck.pooled([c, d])["benchmarks"][0]["extra_info"]["calib_samples"] == []

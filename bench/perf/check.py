@@ -298,9 +298,10 @@ def check(baseline: dict[str, Any], current: dict[str, Any], thresholds: dict[st
 
     Throughput regresses only when the whole bootstrap 95% interval of the change (resampled timed
     rounds of both sides) lies below ``-throughput_drop``: a difference inside the noise is not a
-    regression. Without rounds on a side (an old baseline) the point estimate is compared. Raw
-    throughput by default: normalising by a separately timed matmul added noise (an A/A run failed
-    with it); ``normalise=True`` keeps that mode for comparison."""
+    regression. The change is read per unit of machine work (:meth:`Bench.work`) where both sides
+    pair each round with a matmul rate, else in raw throughput; without rounds on a side (an old
+    baseline) the point estimate is compared. ``normalise=True`` keeps the old mode (medians divided
+    by median rates, point estimates) for comparison."""
     thresholds = thresholds if thresholds is not None else load_thresholds()
     base, cur = benches(baseline), benches(current)
     notes = []
@@ -361,6 +362,10 @@ def check(baseline: dict[str, Any], current: dict[str, Any], thresholds: dict[st
         notes.append("some benchmarks have no calibration on one side: compared raw")
     compared = [r for r in rows if r.base and r.cur and r.change is not None and r.change > -1.0]
     suite = None
+    unpaired = [r.name for r in compared if r.work_ci is None]
+    if not normalise and unpaired and len(unpaired) < len(compared):
+        notes.append(f"{len(unpaired)} benchmark(s) have no paired matmul rates on a side: the suite-wide rule "
+                     f"reads raw throughput")
     if len(compared) >= 2:
         pairs = [(r.base, r.cur) for r in compared]
         wci = None
@@ -487,8 +492,10 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
         same = [x for r in runs for x in r["benchmarks"] if x["name"] == b["name"]]
         rounds = [t for x in same for t in (x["extra_info"].get("round_seconds") or [x["stats"]["median"]])]
         b["extra_info"]["round_seconds"] = rounds
+        paired = all(len(x["extra_info"].get("calib_samples") or []) == len(x["extra_info"].get("round_seconds")
+                                                                          or [None]) for x in same)
         rates = [c for x in same for c in (x["extra_info"].get("calib_samples") or [])]
-        b["extra_info"]["calib_samples"] = rates if len(rates) == len(rounds) else []  # kept only while paired
+        b["extra_info"]["calib_samples"] = rates if paired else []  # kept only while every run pairs them
         b["stats"]["median"] = statistics.median(rounds)
         peaks = [x["extra_info"]["peak_memory_mb"] for x in same if x["extra_info"].get("peak_memory_mb") is not None]
         if peaks:

@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "suite": "suite" in names, "benchmarks": len(res.rows)})
             print(f"perf-proof: {kind}-{i + 1}: {'PASS' if res.ok else 'FAIL'} ({len(res.failures)} reasons)",
                   flush=True)
-            keep(cur_path)  # the raw JSON, gzipped (~20 KB): the report can be re-derived from it
+            cur_path.write_text(json.dumps(current))  # what the report read (confirm rounds pooled in)
+            keep(cur_path)  # gzipped (~20 KB): the report can be re-derived from it and the baseline
             for raw in folder.glob("against-*.json"):
                 raw.unlink()
     base_desc = (f"`--against {args.against}`: that commit measured in a worktree, {args.pairs} interleaved pairs "

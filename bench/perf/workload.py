@@ -162,9 +162,9 @@ class Prepared:
 
 def busy(device: torch.device, seconds: float) -> None:
     """The planted slowdown's extra time, spent computing as a slower forward would (matmuls on the
-    same device and threads), not sleeping: an idle gap lets a VM's vCPU cool or be descheduled, and the
-    matmul rate sampled after it then falls with the round, which would hide the plant from a rule
-    that reads rounds per unit of machine work."""
+    same device and threads) rather than sleeping: the gate reads rounds per unit of machine work, with
+    a matmul rate sampled right after the previous round, and a plant should load the machine the way
+    the regression it stands for does. (A slowdown spent idle, e.g. waiting on a lock, is not modelled.)"""
     a = torch.randn(256, 256, device=device)
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:

@@ -32,6 +32,8 @@ import contextlib
 import ctypes
 import json
 import os
+import select
+import signal
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -109,7 +111,7 @@ class PassMemory:
                     "cost_memory_kind": "cpu resident high-water mark reset before the pass, and above the RSS then"}
 
 
-def child_pass_memory(run: Callable[[], None]) -> dict[str, Any]:
+def child_pass_memory(run: Callable[[], None], timeout_s: float = 900.0) -> dict[str, Any]:
     """CPU: ``run`` once in a forked child; its peak RSS and the rise above its RSS before the pass.
     The child runs on one thread: a child forked from a process whose OpenMP pool has run deadlocks
     in its first parallel region (seen here, torch 2.13), and a pass's memory does not depend on its
@@ -117,7 +119,8 @@ def child_pass_memory(run: Callable[[], None]) -> dict[str, Any]:
     if not hasattr(os, "fork") or not os.path.exists("/proc/self/clear_refs"):
         with PassMemory(torch.device("cpu")) as mem:
             run()
-        return {**mem.out, "cost_memory_kind": mem.out["cost_memory_kind"] + " (in process: no fork here)"}
+        return {**mem.out, "cost_memory_kind": mem.out["cost_memory_kind"] + " (in process: no fork or no "
+                                                                              "/proc/self/clear_refs here)"}
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: only this pass, then out without running the parent's exit handlers
@@ -142,10 +145,27 @@ def child_pass_memory(run: Callable[[], None]) -> dict[str, Any]:
         finally:
             os._exit(code)
     os.close(w)
-    with os.fdopen(r, "rb") as f:
-        blob = f.read()
-    os.waitpid(pid, 0)
-    out = json.loads(blob or b'{"error": "the child wrote nothing"}')
+    blob, deadline = b"", time.monotonic() + timeout_s
+    try:
+        with os.fdopen(r, "rb") as f:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([f], [], [], left)[0]:
+                    raise RuntimeError(f"the cost pass's memory child ran past {timeout_s:.0f} s (killed)")
+                chunk = os.read(f.fileno(), 1 << 16)
+                if not chunk:
+                    break
+                blob += chunk
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)  # a no-op for a child that already left
+        except ProcessLookupError:
+            pass
+        _, status = os.waitpid(pid, 0)
+    try:
+        out = json.loads(blob)
+    except ValueError:
+        out = {"error": f"it wrote no result (wait status {status})"}
     if "error" in out:
         raise RuntimeError(f"the cost pass's memory child failed: {out['error']}")
     return out
