@@ -12,9 +12,11 @@ FLAG_KEYS = {"dataset": "dataset", "model": "model", "mode": "mode", "text_col":
              "device": "device"}
 
 
-def _forget(path: Path, keys: set[str]) -> int:
-    """``--rerun``: drop the lines of these specs from runs.jsonl (under its lock) so they are measured
-    afresh and replaced; their sidecars are overwritten by the new runs. Returns how many were dropped."""
+def _supersede(path: Path, keys: set[str]) -> int:
+    """``--rerun``, after the sweep: of the lines of these specs, keep per run_id the newest ``ok`` line
+    (or, where none is ok, the newest line), so a cell measured again replaces its old line only when
+    the new measurement succeeded and nothing recorded is lost to a failed rerun. Returns how many
+    lines were dropped."""
     import json
 
     from ctxbench.bench.report.tables import spec_key
@@ -24,17 +26,31 @@ def _forget(path: Path, keys: set[str]) -> int:
     if not path.exists():
         return 0
     with locked(path):
-        kept, dropped = [], 0
-        for line in path.read_text().splitlines(keepends=True):
+        lines = path.read_text().splitlines(keepends=True)
+        best: dict[str, int] = {}
+        for i, line in enumerate(lines):
             try:
-                hit = spec_key(json.loads(line)) in keys
+                rec = json.loads(line)
+                if spec_key(rec) not in keys:
+                    continue
             except (ValueError, AttributeError):
-                hit = False
-            dropped += hit
-            if not hit:
-                kept.append(line)
+                continue
+            j = best.get(rec["run_id"])
+            if j is None or rec.get("status") == "ok" or json.loads(lines[j]).get("status") != "ok":
+                best[rec["run_id"]] = i
+        ours = set()
+        for i, line in enumerate(lines):
+            try:
+                rec = json.loads(line)
+                if spec_key(rec) in keys:
+                    ours.add(i)
+            except (ValueError, AttributeError):
+                pass
+        chosen = set(best.values())
+        keep = [line for i, line in enumerate(lines) if i not in ours or i in chosen]
+        dropped = len(lines) - len(keep)
         if dropped:
-            atomic_write_text(path, "".join(kept))
+            atomic_write_text(path, "".join(keep))
     return dropped
 
 
@@ -77,10 +93,12 @@ def _bench(args: argparse.Namespace) -> int:
     executor = make_executor(args.executor, args.address)
     runs_file = Path(args.results) / sweep.task / "runs.jsonl"
     keys = {canonical(c.to_dict()) for c in cells}
-    if args.rerun:
-        print(f"--rerun: {_forget(runs_file, keys)} recorded runs of this sweep dropped; measuring afresh")
     summary = run_sweep(sweep, args.results, progress=not args.quiet, isolate=args.isolate,
-                        oom_retries=args.oom_retries, deterministic=args.deterministic, executor=executor)
+                        oom_retries=args.oom_retries, deterministic=args.deterministic, executor=executor,
+                        rerun=args.rerun)
+    if args.rerun:
+        print(f"--rerun: {_supersede(runs_file, keys)} earlier lines of this sweep replaced (a cell's old line "
+              f"goes only when its new run is ok)")
     board = write_leaderboard(runs_file)
     mine = [r for r in read_jsonl(runs_file) if spec_key(r) in keys]
     print(summary_tables(mine, board=board))

@@ -739,6 +739,18 @@ class ExtractiveQA:
     def data_label(self, spec) -> str:
         return "gold"
 
+    @staticmethod
+    def check_data(spec, ctx: Context) -> None:
+        """Run by the runner once per data set before the grid: every built-in source the sweep reads
+        (its test set and ``qa.train_source``) can be had, or the sweep stops here with one message
+        instead of once per cell."""
+        for name in dict.fromkeys([spec.dataset, *spec.settings.train_source]):
+            if name in qa_data.BUILTIN_FILES:
+                try:
+                    qa_data.squad_file(name)
+                except RuntimeError as e:
+                    raise ConfigError(f"qa: the built-in source {name!r} cannot be had here: {e}") from None
+
     def run(self, spec, ctx: Context) -> CellResult:
         cfg = spec.settings
         cpu0 = time.process_time()

@@ -167,3 +167,30 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
     sweep = load_sweep("clf", ["device=cuda", "strategies=[head]", "budgets=[16]", "seeds=[0]"])
     with pytest.raises(ConfigError, match="torch sees no CUDA device"):
         run_sweep(sweep, tmp_path, progress=False)
+
+
+def test_rerun_replaces_a_line_only_when_its_new_run_is_ok_and_a_data_error_drops_nothing(
+        tiny_model, tiny_data, tmp_path, cache_env, monkeypatch):
+    """--rerun measures recorded cells again; their old lines go only once the new runs are ok. A data
+    error (here: the data check fails) stops the sweep before the grid and leaves the store as it was."""
+    from ctxbench.bench.results import read_jsonl
+    from ctxbench.tasks.clf import Classification
+
+    common = ["--results", str(tmp_path), "bench", "clf", "--quiet", f"model={tiny_model}", f"dataset={tiny_data}",
+              "budgets=[16]", "seeds=[0]", "strategies=[head, tail]", "train.epochs=2", "cost_repeats=1"]
+    assert cli_main(common) == 0
+    runs = tmp_path / "clf" / "runs.jsonl"
+    first = read_jsonl(runs)
+    assert len(first) == 2
+    assert cli_main([*common[:3], "--rerun", *common[3:]]) == 0
+    again = read_jsonl(runs)
+    assert len(again) == 2 and {r["run_id"] for r in again} == {r["run_id"] for r in first}
+    assert all(a["created_at"] >= b["created_at"] for a, b in zip(sorted(again, key=lambda r: r["run_id"]),
+                                                                   sorted(first, key=lambda r: r["run_id"])))
+
+    def broken(self, spec, ctx):
+        raise ConfigError("planted: the data cannot be had")
+
+    monkeypatch.setattr(Classification, "check_data", broken)
+    assert cli_main([*common[:3], "--rerun", *common[3:]]) != 0
+    assert read_jsonl(runs) == again  # nothing dropped, no error lines

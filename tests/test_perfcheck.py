@@ -389,7 +389,8 @@ def test_suite_rule_passes_a_noisy_aa_and_catches_a_uniform_20pct_slowdown(seed)
 
 def test_machine_limits_are_a_floor_not_an_override():
     th = {"default": {"throughput_drop": 0.10}, "machines": {"cpu-*": {"throughput_drop": 0.25}},
-          "benchmarks": {"test_finetune_step*": {"throughput_drop": 0.15}, "test_infer[slow*": {"throughput_drop": 0.4}}}
+          "benchmarks": {"test_finetune_step*": {"throughput_drop": 0.15},
+                         "test_infer[slow*": {"throughput_drop": 0.4}}}
     assert limits_for("test_finetune_step[x]", th, "cpu-a-2c").throughput_drop == 0.25  # not back to 0.15
     assert limits_for("test_infer[slow-b1]", th, "cpu-a-2c").throughput_drop == 0.4  # a wider bench limit stays
     assert limits_for("test_finetune_step[x]", th, "cuda-h100").throughput_drop == 0.15

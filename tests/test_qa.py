@@ -143,7 +143,20 @@ def test_reachability_needs_the_whole_answer_inside_one_span():
 # ---------------------------------------------------------------- k paragraphs, real data
 
 
+def real_squad_or_skip():
+    """The built-in SQuAD files (the bigbench==1.0.0 sdist, fetched once from PyPI). On 2026-12-06 PyPI as
+    reached here listed only bigbench 0.0.1, so a machine without them cached cannot have them: the tests
+    on the real files skip then, saying why, instead of failing for want of a download."""
+    from ctxbench.tasks.data.qa_data import fetch_bigbench_members
+
+    try:
+        return fetch_bigbench_members()
+    except RuntimeError as e:
+        pytest.skip(f"the built-in SQuAD files cannot be had here: {str(e).splitlines()[0]}")
+
+
 def test_k_paragraph_contexts_keep_every_answer_aligned_on_real_data(tok):
+    real_squad_or_skip()
     arts = load_squad("squad_dev")[:6]
     for k in (0, 2, 8):
         data = prepare(arts, [k], 120, 0, tok, cap=64)
@@ -312,9 +325,8 @@ def test_refusals(tiny_model, tmp_path, cache_env):
 def test_end_to_end_on_packaged_model_and_data(tmp_path, monkeypatch):
     """The packaged MiniLM, SQuAD dev and SQuAD-shifts, through the runner (a handful of questions)."""
     from ctxbench.tasks.cache import cache_dir
-    from ctxbench.tasks.data.qa_data import fetch_bigbench_members
 
-    real = fetch_bigbench_members()
+    real = real_squad_or_skip()
     monkeypatch.setenv("CTXBENCH_CACHE", str(tmp_path / "cache"))
     cache_dir("qa").joinpath("bigbench").symlink_to(real, target_is_directory=True)
     sweep = load_sweep("qa", ["limits.train=48", "limits.test=6", "train.epochs=1", "seeds=[0]", "budgets=[128]",

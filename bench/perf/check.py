@@ -449,8 +449,8 @@ def render(result: CheckResult, baseline: dict[str, Any], current: dict[str, Any
             _num(r.base.peak_mb if r.base else None), _num(r.cur.peak_mb if r.cur else None), _pct(r.mem_change),
             f"+{r.limits.memory_rise:.0%}", r.verdict,
         ])
-    headers = ["benchmark", "tok/s base", "tok/s now", "raw Δ", "calib Δ", "Δ used", "Δ 95% CI", "Δ/work 95% CI", "limit",
-               "peak MB base", "peak MB now", "mem Δ", "limit", "verdict"]
+    headers = ["benchmark", "tok/s base", "tok/s now", "raw Δ", "calib Δ", "Δ used", "Δ 95% CI", "Δ/work 95% CI",
+               "limit", "peak MB base", "peak MB now", "mem Δ", "limit", "verdict"]
     lines += ["", tabulate(table, headers=headers, tablefmt="github"), ""]
     return "\n".join(lines)
 

@@ -135,7 +135,7 @@ def check_data_once(task, cells: list, ctx: Context, done: set) -> None:
 
 def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context | None = None,
               progress: bool = True, *, isolate: bool = False, oom_retries: int = 0,
-              deterministic: bool = False, executor=None) -> GridSummary:
+              deterministic: bool = False, executor=None, rerun: bool = False) -> GridSummary:
     """Run every cell not yet recorded ok. ``isolate``: each cell in its own child process
     (CPU peak RSS is then that cell's; a child killed by the OS is an oom run).
     ``oom_retries``: halve the batch sizes and retry an OOM cell up to this many times.
@@ -156,7 +156,7 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
     summary = GridSummary(notes=_store_notes(root, sweep.task))
     for note in summary.notes:
         tqdm.write(note)
-    done = done_ids(path)
+    done = set() if rerun else done_ids(path)  # rerun: every cell measured again (bench/cli.py supersedes)
     env = {**environment(ctx.device), "determinism": determinism_record()}
     cells = sweep.cells()
     ctx.memo["cells"] = cells  # lets a task plan shared work (e.g. one encoding pass per budget)
