@@ -96,9 +96,9 @@ def test_document_weighting_counts_each_document_once(tiny_model, tiny_data, tmp
     seen = {}
     real = clf.fit
 
-    def spy(model, groups, y, evaluate, spec, device, progress, weights=None):
+    def spy(model, groups, y, evaluate, spec, device, progress, weights=None, units=None):
         seen[spec.strategy.label] = weights
-        return real(model, groups, y, evaluate, spec, device, progress, weights)
+        return real(model, groups, y, evaluate, spec, device, progress, weights, units=units)
 
     clf.fit = spy
     try:
