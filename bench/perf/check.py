@@ -238,32 +238,45 @@ def _sides(base: Bench, cur: Bench, per_work: bool) -> tuple[tuple[float, ...], 
     return (base.work(), cur.work()) if per_work else (base.rounds, cur.rounds)
 
 
+def _log_ratio(base: Bench, cur: Bench, per_work: bool) -> float:
+    """log of the throughput ratio now / base from each side's median round (or round work)."""
+    import statistics
+
+    rb, rc = _sides(base, cur, per_work)
+    return math.log((cur.tokens or 1.0) / (base.tokens or 1.0) * statistics.median(rb) / statistics.median(rc))
+
+
+def _boot_log_ratio(base: Bench, cur: Bench, per_work: bool, rng: Any, n_boot: int) -> Any:
+    """(n_boot,) bootstrap draws of :func:`_log_ratio`, each side's rounds resampled."""
+    import numpy as np
+
+    rb, rc = (np.asarray(x, dtype=float) for x in _sides(base, cur, per_work))
+    mb = np.median(rng.choice(rb, size=(n_boot, rb.size)), axis=1)  # (n_boot,)
+    mc = np.median(rng.choice(rc, size=(n_boot, rc.size)), axis=1)
+    return np.log(((cur.tokens or 1.0) / mc) / ((base.tokens or 1.0) / mb))
+
+
+def _enough(base: Bench, cur: Bench, per_work: bool) -> bool:
+    return all(len(x) >= 3 for x in _sides(base, cur, per_work))
+
+
 def change_interval(base: Bench, cur: Bench, n_boot: int = 2000, seed: int = 0, per_work: bool = False
                     ) -> tuple[float, float] | None:
     """Bootstrap 95% interval of the throughput change ``median(cur) / median(base) - 1``, resampling
     each side's timed rounds (None when a side recorded fewer than 3 rounds). ``per_work``: each round's
     seconds times the matmul rate sampled just before it (:meth:`Bench.work`)."""
-    rb, rc = _sides(base, cur, per_work)
-    if len(rb) < 3 or len(rc) < 3:
+    if not _enough(base, cur, per_work):
         return None
     import numpy as np
 
-    rng = np.random.default_rng(seed)
-    b, c = np.asarray(rb, dtype=float), np.asarray(rc, dtype=float)
-    mb = np.median(rng.choice(b, size=(n_boot, b.size)), axis=1)
-    mc = np.median(rng.choice(c, size=(n_boot, c.size)), axis=1)
-    tb, tc = (base.tokens or 1.0), (cur.tokens or 1.0)
-    ratio = (tc / mc) / (tb / mb) - 1.0
-    lo, hi = np.percentile(ratio, [2.5, 97.5])
+    logs = _boot_log_ratio(base, cur, per_work, np.random.default_rng(seed), n_boot)
+    lo, hi = np.percentile(np.exp(logs) - 1.0, [2.5, 97.5])
     return float(lo), float(hi)
 
 
 def work_change(base: Bench, cur: Bench) -> float:
     """Throughput change per unit of machine work: ``(tokens / median work)_now / (...)_base - 1``."""
-    import statistics
-
-    return ((cur.tokens or 1.0) / statistics.median(cur.work())) / ((base.tokens or 1.0) /
-                                                                     statistics.median(base.work())) - 1.0
+    return math.exp(_log_ratio(base, cur, per_work=True)) - 1.0
 
 
 def suite_change(pairs: list[tuple[Bench, Bench]], n_boot: int = 2000, seed: int = 0, per_work: bool = False
@@ -273,21 +286,14 @@ def suite_change(pairs: list[tuple[Bench, Bench]], n_boot: int = 2000, seed: int
     no interval when a benchmark lacks 3 rounds on a side. ``per_work`` as :func:`change_interval`."""
     import numpy as np
 
-    sides = [_sides(b, c, per_work) for b, c in pairs]
-    if any(len(rb) < 3 or len(rc) < 3 for rb, rc in sides):
+    if not all(_enough(b, c, per_work) for b, c in pairs):
         if per_work:
             return float("nan"), None
         logs = np.array([math.log(c.throughput / b.throughput) for b, c in pairs])
         return float(math.exp(logs.mean()) - 1.0), None
-    point = float(math.exp(np.mean([math.log(np.median(rb) / np.median(rc)) for rb, rc in sides]) +
-                           np.mean([math.log((c.tokens or 1.0) / (b.tokens or 1.0)) for b, c in pairs])) - 1.0)
+    point = float(math.exp(np.mean([_log_ratio(b, c, per_work) for b, c in pairs])) - 1.0)
     rng = np.random.default_rng(seed)
-    total = np.zeros(n_boot)
-    for (b, c), (rb, rc) in zip(pairs, sides):
-        rb, rc = np.asarray(rb, dtype=float), np.asarray(rc, dtype=float)
-        mb = np.median(rng.choice(rb, size=(n_boot, rb.size)), axis=1)  # (n_boot,)
-        mc = np.median(rng.choice(rc, size=(n_boot, rc.size)), axis=1)
-        total += np.log(((c.tokens or 1.0) / mc) / ((b.tokens or 1.0) / mb))
+    total = sum(_boot_log_ratio(b, c, per_work, rng, n_boot) for b, c in pairs)  # (n_boot,)
     lo, hi = np.percentile(np.exp(total / len(pairs)) - 1.0, [2.5, 97.5])
     return point, (float(lo), float(hi))
 
