@@ -27,7 +27,8 @@ def _supersede(path: Path, keys: set[str]) -> int:
         return 0
     with locked(path):
         lines = path.read_text().splitlines(keepends=True)
-        best: dict[str, int] = {}
+        best: dict[str, tuple[int, bool]] = {}  # run_id -> (line index, ok)
+        ours = set()
         for i, line in enumerate(lines):
             try:
                 rec = json.loads(line)
@@ -35,18 +36,12 @@ def _supersede(path: Path, keys: set[str]) -> int:
                     continue
             except (ValueError, AttributeError):
                 continue
-            j = best.get(rec["run_id"])
-            if j is None or rec.get("status") == "ok" or json.loads(lines[j]).get("status") != "ok":
-                best[rec["run_id"]] = i
-        ours = set()
-        for i, line in enumerate(lines):
-            try:
-                rec = json.loads(line)
-                if spec_key(rec) in keys:
-                    ours.add(i)
-            except (ValueError, AttributeError):
-                pass
-        chosen = set(best.values())
+            ours.add(i)
+            ok = rec.get("status") == "ok"
+            prev = best.get(rec["run_id"])
+            if prev is None or ok or not prev[1]:
+                best[rec["run_id"]] = (i, ok)
+        chosen = {i for i, _ in best.values()}
         keep = [line for i, line in enumerate(lines) if i not in ours or i in chosen]
         dropped = len(lines) - len(keep)
         if dropped:
