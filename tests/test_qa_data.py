@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from ctxbench.tasks.cache import cache_dir
 from ctxbench.strategies import ConfigError
 from ctxbench.tasks.data import qa_data
 from ctxbench.tasks.data.qa_data import (QA, SEP, Article, Paragraph, articles_from_flat, build_examples,

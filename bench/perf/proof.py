@@ -85,8 +85,8 @@ def rule_text(thresholds: dict) -> str:
                           if "throughput_drop" in e)
     bench = f"{default.get('throughput_drop', 0.1):.0%}" + (f"; {per_bench}" if per_bench else "") + \
         (f"; a floor of {floors}" if floors else "")
-    suite_rule = f" or for the suite-wide geometric mean ({suite['throughput_drop']:.0%})" if "throughput_drop" in suite \
-        else ""
+    suite_rule = (f" or for the suite-wide geometric mean ({suite['throughput_drop']:.0%})"
+                  if "throughput_drop" in suite else "")
     return ("a throughput regression needs the whole bootstrap 95% interval of the change per unit of machine work "
             "(each round's seconds times the matmul rate sampled just before it) past the limit, for a benchmark "
             f"(thresholds.json: {bench}){suite_rule}, after flagged benchmarks are measured once more and their "
@@ -116,7 +116,8 @@ def write_summary(folder: Path, summary: dict, share: float, base_desc: str, thr
         f"{share:.0%} of the run's starting memory held extra)",
         f"- rule (perf-check): {rule_text(load_thresholds() if thresholds is None else thresholds)}", "",
         tabulate(rows, headers=["kind", "what", "tries", "failed", "rate", "benchmarks flagged per try",
-                                "suite-wide rule per try (fail: it alone would fail the check)", "reports"], tablefmt="github"), ""])
+                                "suite-wide rule per try (fail: it alone fails the check)", "reports"],
+                 tablefmt="github"), ""])
     path = folder / "README.md"
     path.write_text(text)
     (folder / "proof.json").write_text(json.dumps({"share": share, "summary": summary, "baseline": base_desc},

@@ -434,6 +434,7 @@ def sample(examples: Sequence[Example], n: int | None, seed: int) -> list[Exampl
     return [examples[i] for i in idx]
 
 
-__all__ = ["Article", "BUILTIN_FILES", "SOURCES", "Source", "Example", "Paragraph", "QA", "Report", "articles_from_flat",
+__all__ = ["Article", "BUILTIN_FILES", "SOURCES", "Source", "Example", "Paragraph", "QA", "Report",
+           "articles_from_flat",
            "articles_from_squad_json", "build_examples", "fetch", "load_hub_squad", "load_squad",
            "sample", "source_fingerprint", "squad_file", "window"]
