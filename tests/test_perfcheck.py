@@ -451,3 +451,14 @@ def test_pooling_keeps_rates_paired_with_rounds_only_when_every_run_pairs_them()
     d = copy.deepcopy(a)
     d["benchmarks"][0]["extra_info"]["calib_samples"] = [100.0, 101.0]  # and 2 for 3: 6 in all, misaligned
     assert perfcheck.pooled([c, d])["benchmarks"][0]["extra_info"]["calib_samples"] == []
+
+
+def test_the_proofs_rule_text_is_read_from_the_thresholds():
+    from ctxbench.bench.perf.proof import rule_text
+
+    text = rule_text({"default": {"throughput_drop": 0.07, "memory_rise": 0.2, "memory_min_mb": 16},
+                      "suite": {"throughput_drop": 0.05}, "machines": {"cpu-*": {"throughput_drop": 0.3}},
+                      "benchmarks": {"test_x*": {"throughput_drop": 0.12}}})
+    assert "7%; 12% for test_x*; a floor of 30% on cpu-* machines" in text
+    assert "suite-wide geometric mean (5%)" in text and "+20% and +16 MB" in text
+    assert "suite-wide" not in rule_text({"default": {}})
