@@ -257,3 +257,15 @@ def test_units_needed():
     # seed noise alone above the target: more examples cannot decide it
     assert stats.units_needed(0.02, 0.02, 0.005, 100) == float("inf")
     assert stats.units_needed(0.05, 0.02, 0.015, 100) < stats.units_needed(0.03, 0.02, 0.015, 100)
+
+
+def test_a_two_seed_interval_of_a_bounded_metric_stays_inside_its_range():
+    """Two seeds far apart near 0: the outer level's variance-corrected seed weights extrapolate past both
+    seeds, so unclipped draws fell below 0 (an F1 interval of [-0.026, 0.202] was committed once)."""
+    rng = np.random.default_rng(0)
+    n = 300
+    tp = np.stack([rng.random(n) < 0.01, rng.random(n) < 0.15]).astype(float)  # seed 0 near 0, seed 1 higher
+    feats = np.stack([tp, np.ones((2, n)) - tp, np.zeros((2, n))], axis=-1)  # (S, n, 3): tp, fp, fn
+    draws = stats.bootstrap(stats.micro_f1(), {"c": feats}, n_boot=2000)["c"]
+    assert draws.min() >= 0.0 and draws.max() <= 1.0
+    assert np.percentile(draws, 97.5) > np.percentile(draws, 2.5)  # still an interval, not collapsed

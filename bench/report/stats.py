@@ -299,7 +299,14 @@ def bootstrap_both(stat: Statistic, cells: Mapping[Hashable, Cell], n_boot: int 
             weights[s_] = seed_weights(s_, n_boot, seed)
         base = np.mean(m, axis=1)  # (B,) units only: the seed mean on resampled units
         dev = np.mean(weights[s_] * m, axis=1) - base  # (B,) the outer level's seed deviation
-        out[key] = (base + seed_share(m) * dev, base)  # (B,) two-level, units only
+        # the seed weights extrapolate (1 + sqrt(S/(S-1)) * (count - 1) can be negative), so near a bound a draw
+        # can leave every value the metric took; draws are held inside the range of all resampled per-seed values
+        # (an F1 interval never reaches below 0), which leaves draws away from the bounds as they are
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            two = np.clip(base + seed_share(m) * dev, np.nanmin(m), np.nanmax(m)) if np.isfinite(m).any() \
+                else base + seed_share(m) * dev
+        out[key] = (two, base)  # (B,) two-level, units only
     return out
 
 

@@ -260,6 +260,29 @@ def progress_rows(runs: list[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------- all of it
 
 
+def evidence_position(root: Path, results: Path) -> str:
+    """``evidence_position.md``: the default QA and NER sweeps' scores by where the answer or entity sits
+    (``bench/report/position.py`` over ``results/qa`` and ``results/ner``), and the README's line about it."""
+    from ctxbench.bench.report.position import position_tables
+    from ctxbench.tasks.cache import atomic_write_text
+
+    parts, found = [], []
+    for task in ("qa", "ner"):
+        runs_path = results / task / "runs.jsonl"
+        text = position_tables(read_jsonl(runs_path), runs_path.parent) if runs_path.exists() else ""
+        if text:
+            found.append(f"`results/{task}/runs.jsonl`")
+            parts.append(text.split("\n", 1)[1] if text.startswith("# ") else text)
+    if not parts:
+        return "_no QA or NER runs with position fields yet_"
+    atomic_write_text(root / "evidence_position.md", "# Where the evidence sits: QA answers and NER entities\n\n"
+                      + GEN + "\nFrom the default sweeps' runs (" + ", ".join(found) + "), with the leaderboard's "
+                      "two-level bootstrap (seeds and test units).\n\n" + "\n".join(parts))
+    return ("(`evidence_position.md`) Scores by where the gold answer (QA: the third of the context it starts in, and "
+            "its offset against the budget) or the entity (NER: the third of the document) sits, per strategy, "
+            "from the default sweeps (" + ", ".join(found) + ").")
+
+
 def write_report(root: str | Path) -> Path:
     from ctxbench.bench.report.html import plot_pareto
     from ctxbench.tasks.cache import atomic_write_text
@@ -294,6 +317,7 @@ def write_report(root: str | Path) -> Path:
                       "Every model, strategy and budget run on the same fixed subsample of NewsArticles, paired "
                       "(same test articles, seeds by position) against MiniLM `head` at its largest budget; one "
                       "Holm family.\n\n" + _md(models) + "\n")
+    evidence = evidence_position(root, root.parent.parent)
     plots = root / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     pictures = []
@@ -312,7 +336,8 @@ def write_report(root: str | Path) -> Path:
               "## Data provenance", "", *provenance(runs), "",
               "## Recommendation per budget", "", "(`recommendations.md`)", "", _md(rec), "",
               "## Position or content", "", "(`position.md`)", "", *(f"- {v}" for v in verdicts or ["_not run yet_"]),
-              "", "## Long model vs short model", "", "(`models.md`)", "", _md(models), "",
+              "", "## Where the evidence sits: QA and NER", "", evidence, "",
+              "## Long model vs short model", "", "(`models.md`)", "", _md(models), "",
               "## Metric against measured cost", "",
               "Each cell's own cost pass ran when its cell did, on a shared machine and, in this run, beside other "
               "work: compare those figures across cells with care. `cost_side_by_side.json` (`long_documents "
