@@ -31,7 +31,7 @@ install: $(STAMP)
 
 # Fast unit tests plus the slow end-to-end test on the real packaged model (about 10 minutes on 2 cores).
 test: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m pytest -q -p no:randomly tests
+	$(OFFLINE) $(BIN)/python -m pytest -q -p no:randomly --durations=15 tests
 
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/ctxbench bench $(TASK) --profile $(PROFILE) $(ARGS)
