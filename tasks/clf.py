@@ -346,6 +346,11 @@ def fit(model: nn.Module, groups: Sequence, y: Sequence[int], evaluate: Callable
 
 # ---------------------------------------------------------------- span cache
 
+# The grid's windows are encoded in chunks of this many, and the span cache is saved to disk after any chunk that
+# ends CHECKPOINT_S seconds or more after the last save: a sweep stopped in an hour-long encode loses minutes.
+ENCODE_CHUNK = 8192
+CHECKPOINT_S = 300.0
+
 
 # ---------------------------------------------------------------- the task
 
@@ -579,11 +584,19 @@ class Classification:
         keys = [(s, i, w) for s in SPLITS for i, ws in enumerate(windows[s]) for w in ws]
         t0 = time.perf_counter()
         missing = cache.missing(self._grid_keys(spec, ctx, data, enc, budget, keys))
-        if missing:
-            got = encode(enc.model, [build_input(enc.tokenizer, data.ids[split][i], w) for split, i, w in missing],
-                         enc.tokenizer.pad_token_id, ctx.device, spec.pooler, spec.batch_size,
-                         progress="encode windows" if ctx.progress else None, precision=spec.precision)
-            cache.fill(missing, got.vectors, got.seconds, got.widths)
+        inputs = [build_input(enc.tokenizer, data.ids[split][i], w) for split, i, w in missing]
+        order = sorted(range(len(missing)), key=lambda j: -len(inputs[j]))  # chunks of like length: little padding
+        saved = time.perf_counter()
+        for lo in range(0, len(order), ENCODE_CHUNK):
+            part = order[lo: lo + ENCODE_CHUNK]
+            got = encode(enc.model, [inputs[j] for j in part], enc.tokenizer.pad_token_id, ctx.device, spec.pooler,
+                         spec.batch_size, precision=spec.precision, progress=(
+                             f"encode windows {lo // ENCODE_CHUNK + 1}/{-(-len(order) // ENCODE_CHUNK)}"
+                             if ctx.progress else None))
+            cache.fill([missing[j] for j in part], got.vectors, got.seconds, got.widths)
+            if time.perf_counter() - saved > CHECKPOINT_S:  # a stopped encode resumes from here
+                cache.save()
+                saved = time.perf_counter()
         n_new = len(missing)
         encode_wall = time.perf_counter() - t0
         cache.save()

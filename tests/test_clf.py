@@ -305,3 +305,40 @@ def test_bfloat16_inference_is_its_own_cell_and_records_its_dtype(tiny_model, ti
     f32, b16 = (encode(enc.model, inputs, enc.tokenizer.pad_token_id, torch.device("cpu"), precision=p).vectors
                 for p in ("float32", "bfloat16"))
     assert not torch.equal(f32, b16) and torch.allclose(f32, b16, atol=0.05, rtol=0.05)
+
+
+def test_a_stopped_encode_resumes_from_its_last_checkpoint(tiny_model, tiny_data, tmp_path, cache_env, monkeypatch):
+    """The grid's windows are encoded in chunks and the span cache is saved between them: a sweep stopped in
+    its third chunk encodes, when rerun, only what the first two did not, and scores as an unstopped one."""
+    import ctxbench.tasks.clf as clf
+
+    grid = ("strategies=[head, {name: sliding, pool: mean}]", "budgets=[16]", "cost_repeats=0")
+    sweep = sweep_for(tiny_model, tiny_data, *grid)
+    run(sweep, tmp_path / "whole")
+    whole = read_jsonl(tmp_path / "whole" / "clf" / "runs.jsonl")
+    n_windows = whole[0]["measurements"]["windows_encoded_now"]
+    assert n_windows > 21
+
+    monkeypatch.setenv("CTXBENCH_CACHE", str(tmp_path / "fresh_cache"))
+    monkeypatch.setattr(clf, "ENCODE_CHUNK", 7)
+    monkeypatch.setattr(clf, "CHECKPOINT_S", 0.0)
+    real, calls = clf.encode, []
+
+    def stopped_in_chunk_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("stopped")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(clf, "encode", stopped_in_chunk_3)
+    first = run(sweep, tmp_path / "stopped")
+    assert not first.ok
+    monkeypatch.setattr(clf, "encode", real)
+    run(sweep, tmp_path / "stopped")
+    done = {r["spec"]["strategy"]["name"]: r for r in read_jsonl(tmp_path / "stopped" / "clf" / "runs.jsonl")
+            if r["status"] == "ok"}
+    assert set(done) == {"head", "sliding"}
+    assert sum(r["measurements"]["windows_encoded_now"] for r in done.values()) == n_windows - 2 * 7
+    for r in whole:
+        again = done[r["spec"]["strategy"]["name"]]
+        assert again["run_id"] == r["run_id"] and again["metrics"] == pytest.approx(r["metrics"])
