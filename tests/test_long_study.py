@@ -7,7 +7,7 @@ import torch
 from ctxbench.bench.config import load_sweep
 from ctxbench.bench.report.tables import data_provenance
 from ctxbench.bench.run.runner import run_sweep
-from ctxbench.bench.studies.long_documents import sweeps
+from ctxbench.bench.studies.long_documents import merged_rows, sweeps
 from ctxbench.bench.studies.long_report import write_report
 from ctxbench.tasks.base import Context
 
@@ -72,3 +72,12 @@ def test_strategies_are_timed_side_by_side_on_the_cost_sample(tiny_model, tiny_d
     assert all(v["docs"] == 6 and v["seconds"] > 0 for v in got.values())
     assert got["sliding[max_windows=4]"]["real_tokens"] > got["head"]["real_tokens"]
     assert got["head"]["inputs"] == got["textrank"]["inputs"] == 6  # one window a document
+
+
+def test_measuring_one_part_side_by_side_keeps_the_other_parts_rows(tmp_path):
+    import json
+
+    path = tmp_path / "cost_side_by_side.json"
+    assert merged_rows(path, [{"part": "core", "x": 1}]) == [{"part": "core", "x": 1}]
+    path.write_text(json.dumps({"rows": [{"part": "books", "x": 0}, {"part": "core", "x": 0}]}))
+    assert merged_rows(path, [{"part": "core", "x": 2}]) == [{"part": "books", "x": 0}, {"part": "core", "x": 2}]

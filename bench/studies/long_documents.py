@@ -59,14 +59,22 @@ def run(parts: list[str] | None, root: Path, progress: bool = True) -> int:
 COST_FILE = "cost_side_by_side.json"
 
 
+def merged_rows(path: Path, rows: list[dict]) -> list[dict]:
+    """``rows`` after the rows already in ``path`` of every part they do not measure again."""
+    import json
+
+    measured = {r["part"] for r in rows}
+    kept = [r for r in json.loads(path.read_text())["rows"] if r["part"] not in measured] if path.exists() else []
+    return kept + rows
+
+
 def side_by_side_costs(root: Path, parts: list[str] | None = None, repeats: int = 3) -> Path:
     """Each probe part's strategies timed side by side at each of its budgets on its cost sample (the
     clf task's ``cost_side_by_side``), for parts with recorded cells; written to ``root/cost_side_by_side.json``
-    and read by the report next to each cell's own measured cost (cells timed minutes apart on a shared machine
-    drift; strategies timed in turn in one pass do not drift apart)."""
+    (keeping the rows of parts not measured now) and read by the report next to each cell's own measured cost
+    (cells timed minutes apart on a shared machine drift; strategies timed in turn in one pass do not)."""
     import dataclasses
     import json
-
 
     from ctxbench.bench.results import read_jsonl
     from ctxbench.tasks import get_task
@@ -94,6 +102,7 @@ def side_by_side_costs(root: Path, parts: list[str] | None = None, repeats: int 
             print(f"side-by-side cost {name} b={budget}: " + ", ".join(
                 f"{k} {v['ms_per_doc']:.1f} ms" for k, v in got.items()), flush=True)
     path = root / COST_FILE
+    rows = merged_rows(path, rows)
     path.write_text(json.dumps({"method": "tasks/clf.py Classification.cost_side_by_side: every strategy's inputs "
                                           "for the cost sample, timed in turn (side_by_side), median of "
                                           f"{repeats} passes after a warm-up each", "device": str(ctx.device)
