@@ -585,14 +585,12 @@ class Classification:
         t0 = time.perf_counter()
         missing = cache.missing(self._grid_keys(spec, ctx, data, enc, budget, keys))
         inputs = [build_input(enc.tokenizer, data.ids[split][i], w) for split, i, w in missing]
-        order = sorted(range(len(missing)), key=lambda j: -len(inputs[j]))  # chunks of like length: little padding
+        chunks = length_batches([len(x) for x in inputs], ENCODE_CHUNK)  # chunks of like length: little padding
         saved = time.perf_counter()
-        for lo in range(0, len(order), ENCODE_CHUNK):
-            part = order[lo: lo + ENCODE_CHUNK]
+        for c, part in enumerate(chunks, 1):
             got = encode(enc.model, [inputs[j] for j in part], enc.tokenizer.pad_token_id, ctx.device, spec.pooler,
-                         spec.batch_size, precision=spec.precision, progress=(
-                             f"encode windows {lo // ENCODE_CHUNK + 1}/{-(-len(order) // ENCODE_CHUNK)}"
-                             if ctx.progress else None))
+                         spec.batch_size, precision=spec.precision,
+                         progress=f"encode windows {c}/{len(chunks)}" if ctx.progress else None)
             cache.fill([missing[j] for j in part], got.vectors, got.seconds, got.widths)
             if time.perf_counter() - saved > CHECKPOINT_S:  # a stopped encode resumes from here
                 cache.save()
