@@ -8,7 +8,7 @@ from ctxbench.bench.config import load_sweep
 from ctxbench.bench.report.tables import data_provenance
 from ctxbench.bench.run.runner import run_sweep
 from ctxbench.bench.studies.long_documents import merged_rows, sweeps
-from ctxbench.bench.studies.long_report import write_report
+from ctxbench.bench.studies.long_report import sample_label, write_report
 from ctxbench.tasks.base import Context
 
 
@@ -57,6 +57,10 @@ def test_every_part_of_the_study_is_a_valid_sweep_and_the_data_say_where_they_co
     assert "lower-cased" in data_provenance("clf", "20ng")
     assert "10,570 questions" in data_provenance("qa", "squad_dev") and "sha256" in data_provenance("qa", "squad_dev")
     assert "SILVER" in data_provenance("ner", "news_silver")
+    # the "What ran" table says which parts read a subsample, and how the fine-tuned part trains
+    assert sample_label(parts["core"].cells()[0]) == "all documents; probe"
+    assert sample_label(parts["finetune"].cells()[0]) == (
+        "subsample (data_seed 0): 400 train / 100 val / 300 test; finetune, 150 steps")
 
 
 def test_strategies_are_timed_side_by_side_on_the_cost_sample(tiny_model, tiny_data, cache_env):

@@ -238,6 +238,19 @@ def provenance(runs: list[dict]) -> list[str]:
     return out
 
 
+def sample_label(cell) -> str:
+    """What a part reads: the whole data set, or its fixed subsample (per split, drawn with ``data_seed``)."""
+    if cell is None:
+        return "–"
+    lim = cell.limits
+    mode = cell.mode if cell.mode != "finetune" else f"finetune, {cell.train.steps} steps"
+    if lim.train is None and lim.val is None and lim.test is None:
+        return f"all documents; {mode}"
+    sizes = " / ".join(f"{'all' if n is None else f'{n:,}'} {s}" for s, n in
+                       (("train", lim.train), ("val", lim.val), ("test", lim.test)))
+    return f"subsample (data_seed {cell.data_seed}): {sizes}; {mode}"
+
+
 def progress_rows(runs: list[dict]) -> list[dict]:
     from ctxbench.bench.run.runner import run_id, spec_record
     from ctxbench.bench.studies.long_documents import sweeps
@@ -251,7 +264,8 @@ def progress_rows(runs: list[dict]) -> list[dict]:
         done = [ok[i] for i in ids if i in ok]
         wall = sum(float((r.get("measurements") or {}).get("wall_s") or 0.0) for r in done)
         budgets = sorted({int(r["budget"]) for r in done}, reverse=True)
-        rows.append({"part": name, "cells recorded": f"{len(done)} of {len(ids)}",
+        rows.append({"part": name, "sample": sample_label(next(iter(sweep.cells()), None)),
+                     "cells recorded": f"{len(done)} of {len(ids)}",
                      "budgets complete or begun": ", ".join(map(str, budgets)) or "–",
                      "summed cell wall time (min)": f"{wall / 60:.1f}"})
     return rows
