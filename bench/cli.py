@@ -12,43 +12,6 @@ FLAG_KEYS = {"dataset": "dataset", "model": "model", "mode": "mode", "text_col":
              "device": "device"}
 
 
-def _supersede(path: Path, keys: set[str]) -> int:
-    """``--rerun``, after the sweep: of the lines of these specs, keep per run_id the newest ``ok`` line
-    (or, where none is ok, the newest line), so a cell measured again replaces its old line only when
-    the new measurement succeeded and nothing recorded is lost to a failed rerun. Returns how many
-    lines were dropped."""
-    import json
-
-    from ctxbench.bench.report.tables import spec_key
-    from ctxbench.bench.results import locked
-    from ctxbench.tasks.cache import atomic_write_text
-
-    if not path.exists():
-        return 0
-    with locked(path):
-        lines = path.read_text().splitlines(keepends=True)
-        best: dict[str, tuple[int, bool]] = {}  # run_id -> (line index, ok)
-        ours = set()
-        for i, line in enumerate(lines):
-            try:
-                rec = json.loads(line)
-                if spec_key(rec) not in keys:
-                    continue
-            except (ValueError, AttributeError):
-                continue
-            ours.add(i)
-            ok = rec.get("status") == "ok"
-            prev = best.get(rec["run_id"])
-            if prev is None or ok or not prev[1]:
-                best[rec["run_id"]] = (i, ok)
-        chosen = {i for i, _ in best.values()}
-        keep = [line for i, line in enumerate(lines) if i not in ours or i in chosen]
-        dropped = len(lines) - len(keep)
-        if dropped:
-            atomic_write_text(path, "".join(keep))
-    return dropped
-
-
 def _recorded_by(runs: list[dict]) -> str:
     """Which machine(s) and commit(s) recorded these runs, from their env fields."""
     from collections import Counter
@@ -92,8 +55,8 @@ def _bench(args: argparse.Namespace) -> int:
                         oom_retries=args.oom_retries, deterministic=args.deterministic, executor=executor,
                         rerun=args.rerun)
     if args.rerun:
-        print(f"--rerun: {_supersede(runs_file, keys)} earlier lines of this sweep replaced (a cell's old line "
-              f"goes only when its new run is ok)")
+        print(f"--rerun: {summary.ran} cells measured again, each new line in place of the cell's earlier ones (an old "
+              f"line goes only when its new run is ok)")
     board = write_leaderboard(runs_file)
     mine = [r for r in read_jsonl(runs_file) if spec_key(r) in keys]
     print(summary_tables(mine, board=board))

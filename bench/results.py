@@ -176,24 +176,44 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def commit_run(root: str | os.PathLike, task: str, record: dict[str, Any], predictions: list[dict[str, Any]]) -> bool:
+def commit_run(root: str | os.PathLike, task: str, record: dict[str, Any], predictions: list[dict[str, Any]],
+               replace: bool = False) -> bool:
     """Record one run: sidecar first (ok runs), then the line, under the lock.
 
     Returns False (and writes nothing) when an ok line for the run_id is already
-    there, e.g. written by another process sharing the results folder.
+    there, e.g. written by another process sharing the results folder. ``replace``
+    (``--rerun``): an ok record takes the place of every earlier line of its run_id;
+    a failed one is not written over an ok line, so a failed rerun loses nothing.
     """
     path = runs_path(root, task)
     with locked(path):
+        recorded = record["run_id"] in done_ids(path)
+        if recorded and not (replace and record.get("status") == "ok"):
+            return False
         if record.get("status") == "ok":
-            if record["run_id"] in done_ids(path):
-                return False
             data, gz = sidecar_bytes(predictions)
             side = sidecar_path(root, task, record["run_id"], gz)
             store.atomic_write_bytes(side, data)
             record["predictions_file"] = str(side.relative_to(results_dir(root, task)))
             record["predictions_sha"] = content_hash(data)
+        if replace and path.exists():
+            _drop_lines(path, record["run_id"])
         append_line(path, record)
     return True
+
+
+def _drop_lines(path: Path, rid: str) -> None:
+    """Rewrite ``path`` without the lines of run ``rid`` (atomically; other lines, torn ones too, kept as they are)."""
+    def ours(line: str) -> bool:
+        try:
+            return json.loads(line).get("run_id") == rid
+        except (ValueError, AttributeError):
+            return False
+
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [line for line in lines if not ours(line)]
+    if len(keep) < len(lines):
+        atomic_write_text(path, "".join(keep))
 
 
 def check_store(root: str | os.PathLike, task: str) -> dict[str, list]:

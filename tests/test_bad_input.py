@@ -14,7 +14,7 @@ import torch
 from ctxbench.bench.cli import main as cli_main
 from ctxbench.bench.config import load_sweep
 from ctxbench.tasks.model.packaged import resolve_model
-from ctxbench.bench.results import read_jsonl, runs_path
+from ctxbench.bench.results import check_store, read_jsonl, runs_path
 from ctxbench.bench.run.runner import run_sweep
 from ctxbench.strategies import ConfigError
 from ctxbench.tasks import Context
@@ -185,8 +185,26 @@ def test_rerun_replaces_a_line_only_when_its_new_run_is_ok_and_a_data_error_drop
     assert cli_main([*common[:3], "--rerun", *common[3:]]) == 0
     again = read_jsonl(runs)
     assert len(again) == 2 and {r["run_id"] for r in again} == {r["run_id"] for r in first}
-    assert all(a["created_at"] >= b["created_at"] for a, b in zip(sorted(again, key=lambda r: r["run_id"]),
-                                                                   sorted(first, key=lambda r: r["run_id"])))
+    old = {r["run_id"]: r["measurements"]["wall_s"] for r in first}
+    assert all(r["measurements"]["wall_s"] != old[r["run_id"]] for r in again)  # measured again, not kept
+    assert check_store(tmp_path, "clf") == {"torn_lines": [], "duplicate_ok": [], "missing_sidecar": [],
+                                            "sidecar_mismatch": []}
+
+    real_run = Classification.run
+
+    def fails_for_tail(self, spec, ctx):
+        if spec.strategy.name == "tail":
+            raise RuntimeError("planted: this cell fails on its rerun")
+        return real_run(self, spec, ctx)
+
+    monkeypatch.setattr(Classification, "run", fails_for_tail)
+    assert cli_main([*common[:3], "--rerun", *common[3:]]) != 0  # the failure is reported...
+    kept = {r["run_id"]: r for r in read_jsonl(runs)}
+    assert len(kept) == 2 and all(r["status"] == "ok" for r in kept.values())  # ...and tail's ok line stays
+    tail_id = next(r["run_id"] for r in again if r["spec"]["strategy"]["name"] == "tail")
+    assert kept[tail_id] == next(r for r in again if r["run_id"] == tail_id)
+    monkeypatch.setattr(Classification, "run", real_run)
+    again = read_jsonl(runs)
 
     def broken(self, spec, ctx):
         raise ConfigError("planted: the data cannot be had")

@@ -239,6 +239,22 @@ def test_lines_that_parse_but_are_not_records_are_ignored(tmp_path):
     assert [r["run_id"] for r in rows] == ["a", "b"] and bad == [2, 3, 4]
 
 
+def test_a_rerun_replaces_a_runs_ok_line_and_a_failed_rerun_keeps_it(tmp_path):
+    """``--rerun`` (``replace``): a new ok record takes the place of the run's earlier lines, sidecar included;
+    a failed one leaves the ok line as it was; other runs' lines are untouched."""
+    rid, other = "f" * 64, {"run_id": "a" * 64, "status": "ok"}
+    assert commit_run(tmp_path, "clf", dict(other), [{"i": 0, "pred": "x"}])
+    assert commit_run(tmp_path, "clf", {"run_id": rid, "status": "ok", "marker": 0}, [{"i": 0, "pred": "a"}])
+    assert not commit_run(tmp_path, "clf", {"run_id": rid, "status": "error", "error": "x"}, [], replace=True)
+    assert commit_run(tmp_path, "clf", {"run_id": rid, "status": "ok", "marker": 1}, [{"i": 0, "pred": "b"}],
+                      replace=True)
+    rows = read_jsonl(runs_path(tmp_path, "clf"))
+    assert [(r["run_id"], r.get("marker")) for r in rows] == [("a" * 64, None), (rid, 1)]
+    assert json.loads(sidecar_path(tmp_path, "clf", rid).read_text())["pred"] == "b"
+    assert check_store(tmp_path, "clf") == {"torn_lines": [], "duplicate_ok": [], "missing_sidecar": [],
+                                            "sidecar_mismatch": []}
+
+
 def test_commit_never_records_a_run_id_ok_twice(tmp_path):
     rec = {"run_id": "f" * 64, "status": "ok"}
     assert commit_run(tmp_path, "clf", dict(rec), [{"i": 0, "pred": "a"}])

@@ -156,7 +156,7 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
     summary = GridSummary(notes=_store_notes(root, sweep.task))
     for note in summary.notes:
         tqdm.write(note)
-    done = set() if rerun else done_ids(path)  # rerun: every cell measured again (bench/cli.py supersedes)
+    done = set() if rerun else done_ids(path)  # rerun: every cell measured again, its new line replacing the old
     env = {**environment(ctx.device), "determinism": determinism_record()}
     cells = sweep.cells()
     ctx.memo["cells"] = cells  # lets a task plan shared work (e.g. one encoding pass per budget)
@@ -178,14 +178,15 @@ def run_sweep(sweep: Sweep, results_root: str | Path = "results", ctx: Context |
             for spec, record, preds in results:
                 bar.update()
                 rid = record["run_id"]
-                if not commit_run(root, sweep.task, record, preds):
-                    summary.skipped += 1  # another process recorded it meanwhile
-                elif record["status"] == "ok":
-                    summary.ran += 1
-                    tqdm.write(run_line(spec, record))
-                else:
+                written = commit_run(root, sweep.task, record, preds, replace=rerun)
+                if record["status"] != "ok":  # reported even where an ok line of it stays (a failed rerun)
                     summary.failed.append((cell_label(spec), record["status"], record["error"]))
                     tqdm.write(f"[{record['status']}] {cell_label(spec)}: {record['error']}")
+                elif not written:
+                    summary.skipped += 1  # another process recorded it meanwhile
+                else:
+                    summary.ran += 1
+                    tqdm.write(run_line(spec, record))
                 if record["status"] == "ok":
                     done.add(rid)
                 if stop.requested:
