@@ -257,22 +257,22 @@ def progress_rows(runs: list[dict]) -> list[dict]:
     from ctxbench.tasks import get_task
 
     ok = {r["run_id"]: r for r in runs if r.get("status") == "ok"}
-    rows, all_ids = [], set()
-    for name, sweep in sweeps():
-        task = get_task(sweep.task)
-        ids = [run_id(spec_record(c, task)) for c in sweep.cells()]
+
+    def row(part: str, sample: str, ids: list[str], with_budgets: bool = True) -> dict:
         done = [ok[i] for i in ids if i in ok]
         wall = sum(float((r.get("measurements") or {}).get("wall_s") or 0.0) for r in done)
         budgets = sorted({int(r["budget"]) for r in done}, reverse=True)
-        rows.append({"part": name, "sample": sample_label(next(iter(sweep.cells()), None)),
-                     "cells recorded": f"{len(done)} of {len(ids)}",
-                     "budgets complete or begun": ", ".join(map(str, budgets)) or "–",
-                     "summed cell wall time (min)": f"{wall / 60:.1f}"})
+        return {"part": part, "sample": sample, "cells recorded": f"{len(done)} of {len(ids)}",
+                "budgets complete or begun": (", ".join(map(str, budgets)) or "–") if with_budgets else "",
+                "summed cell wall time (min)": f"{wall / 60:.1f}"}
+
+    rows, all_ids = [], set()
+    for name, sweep in sweeps():
+        task, cells = get_task(sweep.task), sweep.cells()
+        ids = [run_id(spec_record(c, task)) for c in cells]
+        rows.append(row(name, sample_label(cells[0] if cells else None), ids))
         all_ids.update(ids)
-    done = [ok[i] for i in all_ids if i in ok]  # a cell two parts share counts once
-    total = sum(float((r.get("measurements") or {}).get("wall_s") or 0.0) for r in done)
-    rows.append({"part": "all parts (distinct cells)", "sample": "", "cells recorded": f"{len(done)} of {len(all_ids)}",
-                 "budgets complete or begun": "", "summed cell wall time (min)": f"{total / 60:.1f}"})
+    rows.append(row("all parts (distinct cells)", "", sorted(all_ids), with_budgets=False))  # a shared cell counts once
     return rows
 
 
