@@ -26,7 +26,7 @@ def test_the_study_report_on_a_tiny_study(tiny_model, tiny_data, tmp_path, cache
          "clf.transform=[none, invert]")
     readme = write_report(root).read_text()
     assert "## What ran" in readme and "| core" in readme  # the study's parts, counted against the config
-    assert "| all parts (distinct cells)" in readme
+    assert "| all parts (distinct cells)" in readme and "of it encoding windows (min)" in readme
     rec = (root / "recommendations.md").read_text()
     assert rec.count("| clf · ") == 2  # one row per (group, budget): the original and the inverted documents
     pos = (root / "position.md").read_text()

@@ -260,11 +260,14 @@ def progress_rows(runs: list[dict]) -> list[dict]:
 
     def row(part: str, sample: str, ids: list[str], with_budgets: bool = True) -> dict:
         done = [ok[i] for i in ids if i in ok]
-        wall = sum(float((r.get("measurements") or {}).get("wall_s") or 0.0) for r in done)
+        def minutes(key: str) -> str:
+            return f"{sum(float((r.get('measurements') or {}).get(key) or 0.0) for r in done) / 60:.1f}"
+
         budgets = sorted({int(r["budget"]) for r in done}, reverse=True)
         return {"part": part, "sample": sample, "cells recorded": f"{len(done)} of {len(ids)}",
                 "budgets complete or begun": (", ".join(map(str, budgets)) or "–") if with_budgets else "",
-                "summed cell wall time (min)": f"{wall / 60:.1f}"}
+                "summed cell wall time (min)": minutes("wall_s"),
+                "of it encoding windows (min)": minutes("encode_wall_s")}
 
     rows, all_ids = [], set()
     for name, sweep in sweeps():
