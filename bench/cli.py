@@ -38,7 +38,8 @@ def _bench(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={value}")
     sweep = load_sweep(args.config or args.task, overrides, args.profile)
     cells = sweep.cells()
-    print(f"ctxbench: {sweep.task} on {sweep.dataset} with {sweep.model} ({sweep.mode}); {len(cells)} runs "
+    how = sweep.mode if sweep.precision == "auto" else f"{sweep.mode}, precision {sweep.precision}"
+    print(f"ctxbench: {sweep.task} on {sweep.dataset} with {sweep.model} ({how}); {len(cells)} runs "
           f"= {len(sweep.strategies)} strategies x {len(sweep.budgets)} budgets x {len(sweep.seeds)} seeds")
     from ctxbench.bench.run.executors import make_executor
 

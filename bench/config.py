@@ -20,7 +20,7 @@ import yaml
 import ctxbench.strategies as strategies
 from ctxbench.strategies import ConfigError
 from ctxbench.tasks import get_task
-from ctxbench.tasks.model.encoder import PRECISIONS
+from ctxbench.tasks.model.encoder import PRECISIONS, SWEEP_PRECISIONS
 from ctxbench.tasks.model.peft import KINDS
 
 # the packaged sweep YAMLs (package data: found in a checkout and in an installed wheel alike)
@@ -107,6 +107,7 @@ class RunSpec:
     batch_size: int = 64  # inference windows per batch
     device: str = "auto"
     precision: str = "auto"  # inference: auto (bf16 autocast on CUDA, fp32 elsewhere) | float32 | bfloat16
+    # (a sweep may say ``native``: bf16 on a CPU with native bf16, else auto; resolved when it is loaded)
     cost_docs: int = 16  # the measured cost pass: test documents timed per (model, strategy, budget, ...) key
     cost_repeats: int = 5  # timed passes after one warm-up; their median is the cost (0: no cost pass)
     settings: Any = None  # the task's own settings (its ``Settings`` dataclass; YAML key = the task's name)
@@ -359,6 +360,8 @@ def load_sweep(path_or_task: str, overrides: list[str] = (), profile: str | None
         sweep = dataclasses.replace(sweep, settings=built[0], variants=built if axes else ())
     if sweep.mode == "auto":
         sweep = dataclasses.replace(sweep, mode=auto_mode(sweep.device))
+    if sweep.precision == "native":
+        sweep = dataclasses.replace(sweep, precision=native_precision(sweep.device))
     validate(sweep)
     return sweep
 
@@ -368,6 +371,14 @@ def auto_mode(device: str) -> str:
     from ctxbench.tasks.model.encoder import pick_device
 
     return "finetune" if pick_device(device).type == "cuda" else "probe"
+
+
+def native_precision(device: str) -> str:
+    """``precision: native``: ``bfloat16`` on a CPU that runs bf16 matmuls natively, ``auto`` elsewhere
+    (``ctxbench.tasks.model.encoder.resolve_precision``)."""
+    from ctxbench.tasks.model.encoder import pick_device, resolve_precision
+
+    return resolve_precision("native", pick_device(device))
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -393,7 +404,7 @@ def validate(sweep: Sweep) -> None:
     if sweep.empty_docs not in ("keep", "error"):
         raise ConfigError(f"empty_docs must be 'keep' or 'error', got {sweep.empty_docs!r}")
     if sweep.precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {sweep.precision!r}")
+        raise ConfigError(f"precision must be one of {SWEEP_PRECISIONS}, got {sweep.precision!r}")
     if sweep.train.optimizer not in ("adamw", "lbfgs"):
         raise ConfigError(f"train.optimizer must be 'adamw' or 'lbfgs', got {sweep.train.optimizer!r}")
     t = sweep.train

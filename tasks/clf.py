@@ -505,7 +505,25 @@ class Classification:
         if needs(strategy):  # sentence selection; for span strategies windows() is arithmetic, not a cost
             res.measurements.update(select_seconds_test=select_s["test"], select_seconds_all=sum(select_s.values()),
                                     sentence_split_seconds=split_s)
+            if res.cost is not None:
+                res.cost.prepare = self.select_one(spec, data, enc, strategy, budget)
         return res
+
+    @staticmethod
+    def select_one(spec, data: ClfData, enc: Loaded, strategy, budget: int) -> Callable[[int], Any]:
+        """Cost-sample document ``d``'s sentence splitting and selection, as a reader of it would run them:
+        what the cost pass times with the model's (``CostProbe.prepare``)."""
+        from ctxbench.tasks.data.sentences import doc_views
+
+        idx = cost_sample(len(data.ids["test"]), spec.cost_docs, spec.data_seed)
+        fallback = settings_of(spec).fallback_words
+
+        def prepare(d: int):
+            ids = data.ids["test"][idx[d]]
+            view = doc_views([data.texts["test"][idx[d]]], enc.tokenizer, lengths=[len(ids)], fallback_words=fallback)
+            return strategy.windows(len(ids), budget, view[0])
+
+        return prepare
 
     @staticmethod
     def _windows(strategy, ctx: Context, data: ClfData, enc: Loaded, budget: int, fallback: int | None = None):

@@ -837,8 +837,16 @@ class ExtractiveQA:
                 "model_cache": model_cache, "train": {k: v for k, v in train_info.items()
                                                                        if not isinstance(v, (int, float))},
                 **data.counts}
-        return CellResult(metrics, measurements, preds, info,
-                          cost=self.cost_probe(spec, ft.model, lay, tok.pad_token_id, rows, windows))
+        cost = self.cost_probe(spec, ft.model, lay, tok.pad_token_id, rows, windows)
+        if needs(strategy):  # the cost pass times a question's splitting and selection with its forward
+            idx = cost_sample(len(rows), spec.cost_docs, spec.data_seed)
+
+            def select_one(d: int, views=self.views):
+                it = rows[idx[d]]
+                return strategy.windows(it.n, budgets[idx[d]], views(strategy, [it], tok)[0])
+
+            cost.prepare = select_one
+        return CellResult(metrics, measurements, preds, info, cost=cost)
 
     @staticmethod
     def cost_probe(spec, model: torch.nn.Module, lay: Layout, pad_id: int, rows: list[Item],

@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# `precision: native` (the clf sweep's) resolves as on a CPU without native bf16 on every machine, in this process
+# and in the ones it starts, so a test's numbers do not depend on the host; test_config checks both branches
+os.environ.setdefault("CTXBENCH_NATIVE_BF16", "0")
 
 WORDS = {
     "space": "orbit rocket nasa launch shuttle moon satellite planet".split(),

@@ -101,6 +101,47 @@ def test_a_spec_holds_only_its_own_tasks_settings_and_later_fields_keep_run_ids(
     assert now <= committed
 
 
+def test_native_precision_resolves_per_machine_to_what_runs_record(monkeypatch):
+    """``precision: native`` (the clf sweep's) is resolved when the sweep is loaded: ``bfloat16`` on a CPU
+    with native bf16 (the run_ids of an explicit precision=bfloat16), ``auto`` elsewhere (the run_ids the
+    float32 sweep always had, committed); the tables count both as the default sweep."""
+    from pathlib import Path
+
+    from ctxbench.bench.report.tables import default_sweep_specs
+    from ctxbench.bench.results import read_jsonl, run_id
+    from ctxbench.tasks.clf import Classification
+    from ctxbench.tasks.model import encoder
+
+    def ids(sweep):
+        return {run_id({**c.to_dict(), "task_version": Classification.version}) for c in sweep.cells()}
+
+    committed = {r["run_id"] for r in read_jsonl(Path(__file__).parent.parent / "results" / "clf" / "runs.jsonl")}
+    monkeypatch.setenv("CTXBENCH_NATIVE_BF16", "0")
+    plain = load_sweep("clf")
+    assert plain.precision == "auto" and ids(plain) <= committed
+    assert ids(plain) == ids(load_sweep("clf", ["precision=auto"]))
+    monkeypatch.setenv("CTXBENCH_NATIVE_BF16", "1")
+    native = load_sweep("clf")
+    assert native.precision == "bfloat16" and ids(native) == ids(load_sweep("clf", ["precision=bfloat16"]))
+    assert not ids(native) & ids(plain)
+    assert load_sweep("clf", ["device=cuda"]).precision == "auto"  # CUDA's auto is bf16 autocast already
+    assert load_sweep("clf", ["precision=float32"]).precision == "float32"  # an explicit choice is kept
+    both = default_sweep_specs("clf")
+    monkeypatch.setenv("CTXBENCH_NATIVE_BF16", "0")
+    assert both == default_sweep_specs("clf")  # the same on every machine
+    assert {c for c in both if '"precision":"bfloat16"' in c} and {c for c in both if '"precision"' not in c}
+    monkeypatch.setenv("CTXBENCH_NATIVE_BF16", "yes")
+    with pytest.raises(ConfigError, match="CTXBENCH_NATIVE_BF16 must be 0 or 1"):
+        load_sweep("clf")
+    monkeypatch.delenv("CTXBENCH_NATIVE_BF16")
+    import torch
+
+    assert encoder.native_bf16(torch.device("cpu")) == (torch.cpu._is_avx512_bf16_supported()
+                                                        or torch.cpu._is_amx_tile_supported())
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        load_sweep("clf", ["precision=fp16"])
+
+
 def test_precision_names_agree_and_resolve_per_device():
     import torch
 

@@ -63,6 +63,44 @@ def test_measure_cost_times_the_strategy_alone():
     # (no speed comparison here: timings on a shared machine belong to benchmarks, not unit tests)
 
 
+def test_a_selection_strategys_document_work_is_in_its_cost():
+    """``CostProbe.prepare`` (sentence splitting and selection) runs before each document's forward in every
+    timed pass and in its batch-1 latency: a planted 15 ms of selection per document shows in both, and
+    not in the model's own seconds."""
+    import time
+
+    calls = []
+
+    def select(d):
+        calls.append(d)
+        time.sleep(0.015)
+
+    docs = [[list(range(5, 37))] for _ in range(4)]
+    plain = measure_cost(probe(tiny_bert(), docs), CPU, batch_size=8, repeats=3)
+    with_select = probe(tiny_bert(), docs)
+    with_select.prepare = select
+    c = measure_cost(with_select, CPU, batch_size=8, repeats=3)
+    assert sorted(calls) == sorted(list(range(4)) * (1 + 3 + 1))  # warm-up, 3 repeats, one latency pass each
+    assert c["latency_b1_p50_ms"] >= 15 and c["cost_select_seconds_median"] >= 4 * 0.015
+    assert c["cost_docs_per_s"] <= 4 / c["cost_select_seconds_median"]
+    assert 0 < c["cost_select_share"] < 1 and "selection" in c["cost_includes"]
+    assert c["cost_seconds_median"] < c["cost_select_seconds_median"]  # the model's seconds hold no selection
+    assert "cost_select_seconds_median" not in plain and "cost_includes" not in plain
+
+
+def test_the_runner_times_selection_with_a_selection_strategys_model_pass(tiny_model, tiny_data, tmp_path,
+                                                                         cache_env):
+    sweep = load_sweep("clf", [f"model={tiny_model}", f"dataset={tiny_data}", "budgets=[16]", "seeds=[0]",
+                               "strategies=[head, textrank]", "train.epochs=1", "cost_docs=4", "cost_repeats=1",
+                               "clf.unpunctuated=words"])
+    summary = run_sweep(sweep, tmp_path, ctx=Context(device=CPU, progress=False), progress=False)
+    assert summary.ok, summary.failed
+    cost = {r["spec"]["strategy"]["label"]: r["measurements"]["cost"]
+            for r in read_jsonl(tmp_path / "clf" / "runs.jsonl")}
+    assert cost["textrank"]["cost_select_seconds_median"] > 0 and "selection" in cost["textrank"]["cost_includes"]
+    assert "cost_select_seconds_median" not in cost["head"]
+
+
 def test_utilisation_above_100_percent_is_a_flagged_error(monkeypatch):
     monkeypatch.setattr(cost_mod.Calibrator, "sample", lambda self: 1e-6)  # an absurdly slow "peak"
     c = measure_cost(probe(tiny_bert(), [[list(range(5, 37))]] * 3), CPU, batch_size=4, repeats=1)

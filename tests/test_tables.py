@@ -184,6 +184,51 @@ def test_peft_methods_are_their_own_groups_never_seeds_of_full():
     assert df.groupby("mode")["seed"].count().to_dict() == {"finetune": 2, "finetune:lora": 1, "finetune:ia3": 1}
 
 
+def test_a_cell_filled_twice_keeps_its_newest_run_not_both_as_seeds():
+    """Two run_ids of one table cell and seed (e.g. a record of an older spec shape, or another lr): the
+    newest stands, the older is left out and said so; otherwise they would average as if they were seeds."""
+    from ctxbench.bench.report.tables import long_frame
+
+    def run(rid, seed, when, f1, lr=0.002):
+        return {"run_id": rid, "status": "ok", "main_metric": "macro_f1", "budget": 128, "created_at": when,
+                "metrics": {"macro_f1": f1}, "measurements": {},
+                "spec": {"task": "clf", "dataset": "d", "model": "m", "mode": "probe", "seed": seed, "budget": 128,
+                         "precision": "bfloat16", "strategy": {"label": "head"}, "train": {"lr": lr}}}
+
+    runs = [run("new0", 0, "2026-12-06T10:00:00+00:00", 0.7), run("old0", 0, "2026-12-01T10:00:00+00:00", 0.5),
+            run("old1", 1, "2026-12-01T10:00:01+00:00", 0.5, lr=0.01), run("new1", 1, "2026-12-06T10:00:01+00:00", 0.7)]
+    with pytest.warns(UserWarning, match=r"2 older run\(s\) left out .*2 in d probe\+bfloat16"):
+        df = long_frame(runs)
+    assert sorted(df["run_id"]) == ["new0", "new1"] and df["metric"].tolist() == [0.7, 0.7]
+    assert "left out" in df.attrs["notes"][0]
+    with pytest.warns(UserWarning, match="left out"):
+        assert any("left out" in n for n in leaderboard(runs).notes)  # printed under the leaderboard
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # distinct cells: nothing left out, nothing said
+        assert len(long_frame([runs[0], runs[3]])) == 2
+
+
+def test_the_summary_says_whether_a_selection_strategys_latency_holds_its_selection():
+    from ctxbench.bench.report.tables import summary_tables
+
+    def run(rid, label, seed, cost, select=None):
+        meas = {"cost": {"latency_b1_p50_ms": 10.0 + seed, "cost_peak_mb": 5.0, **cost}}
+        if select is not None:
+            meas["select_seconds_test"] = select
+        return {"run_id": rid, "status": "ok", "main_metric": "macro_f1", "budget": 64, "metrics": {"macro_f1": 0.5},
+                "measurements": meas, "created_at": f"2026-12-06T00:00:0{seed}",
+                "spec": {"task": "clf", "dataset": "d", "model": "m", "mode": "probe", "seed": seed, "budget": 64,
+                         "strategy": {"label": label}}}
+
+    runs = [run(f"{s}{k}", s, k, c, sel) for k in (0, 1) for s, c, sel in
+            (("head", {}, None), ("textrank", {"cost_select_seconds_median": 0.2}, 3.0), ("tfidf_select", {}, 2.0))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no sidecars: mean ± std, said so
+        text = summary_tables(runs)
+    assert "of `textrank` includes their sentence splitting and selection" in text
+    assert "of `tfidf_select` is the model pass alone" in text and "of `head`" not in text
+
+
 def test_mode_label_separates_precision_and_stitching_from_the_defaults():
     from ctxbench.bench.report.tables import mode_label, table_mode
 

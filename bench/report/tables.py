@@ -71,12 +71,12 @@ COLUMNS = {
     "train_tokens_seen": ("training tokens seen", "{:.0f}"),
 }
 # Measurements the report plots besides COLUMNS (cost axes of the Pareto plots).
-EXTRA_MEASURES = ("real_tokens", "latency_p50_ms", "latency_p95_ms")
+EXTRA_MEASURES = ("real_tokens", "latency_p50_ms", "latency_p95_ms", "select_seconds_test")
 # Measured per-cell cost (each strategy timed alone, warm-up then median): column -> the measurement-key
 # suffix that names it (a run may nest it, e.g. ``cost.latency_b1_p50_ms``). Preferred over the grid's
 # single-pass (token-share) figures wherever a run carries them.
 COST_FIELDS = {"cost_latency_ms": "latency_b1_p50_ms", "cost_docs_per_s": "cost_docs_per_s",
-               "cost_peak_mb": "cost_peak_mb"}
+               "cost_peak_mb": "cost_peak_mb", "cost_select_s": "cost_select_seconds_median"}
 MEASURES = tuple(k for k in COLUMNS if k != "metric") + EXTRA_MEASURES + tuple(COST_FIELDS)
 # Buckets with fewer test examples are hidden (and the table says so): too few to read.
 MIN_BUCKET = 30
@@ -139,11 +139,33 @@ def long_frame(runs: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "data_label": r.get("data_label") or "",
             "sample": sample_key(r),
             "run_id": r.get("run_id", ""),
+            "created_at": r.get("created_at", ""),
             "predictions_file": r.get("predictions_file"),
             "predictions_sha": r.get("predictions_sha"),
         }
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _latest_per_cell(pd.DataFrame(rows))
+
+
+def _latest_per_cell(df: pd.DataFrame) -> pd.DataFrame:
+    """One run per table cell and seed: where records of different run_ids fill the same (group, strategy,
+    budget, seed), e.g. one written by an older version of the code, the newest stands and the others are
+    left out with a warning (``attrs["notes"]``) instead of being averaged with it as if they were seeds."""
+    if df.empty:
+        return df
+    cell = [*GROUP_KEYS, "strategy", "budget", "seed"]
+    df = df.sort_values("created_at", kind="stable")
+    old = df.duplicated(cell, keep="last")
+    if not old.any():
+        return df.sort_index()
+    dropped = df[old]
+    where = ", ".join(f"{n} in {g[0]} {g[1]}" for g, n in dropped.groupby(["dataset", "mode"]).size().items())
+    note = (f"{int(old.sum())} older run(s) left out where a newer run of another run_id fills the same table "
+            f"cell and seed ({where}); their lines stay in runs.jsonl")
+    warnings.warn(note, stacklevel=3)
+    out = df[~old].sort_index()
+    out.attrs["notes"] = [note]
+    return out
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -614,6 +636,7 @@ def leaderboard(runs: Iterable[dict[str, Any]], root: str | Path | None = None, 
     if df.empty:
         return Leaderboard(df, [], failed=failed)
     cells, buckets, notes = cell_frames(df, root, n_boot, seed, alpha, where)
+    notes = [*df.attrs.get("notes", []), *notes]
     method = method_text(n_boot, alpha) if cells["ci_lo"].notna().any() else ""
     sections: list[Section] = []
     for (title, gid), group in cells.groupby(["group", "group_id"], sort=False):
@@ -834,8 +857,10 @@ def context_tables(runs: list[dict[str, Any]], root: str | Path | None = None, n
 
 def default_sweep_specs(task: str) -> set[str] | None:
     """Canonical specs (without task_version) of every cell of a task's default sweep, for
-    both modes ``mode: auto`` may resolve to; None when the task has no built-in sweep."""
+    every mode ``mode: auto`` and every precision ``precision: native`` may resolve to (on any
+    machine, so the tables do not depend on where they are written); None when the task has no built-in sweep."""
     import dataclasses
+    import itertools
 
     import yaml
 
@@ -844,12 +869,14 @@ def default_sweep_specs(task: str) -> set[str] | None:
     path = CONFIG_DIR / f"{task}.yaml"
     if not path.exists():
         return None
-    mode = (yaml.safe_load(path.read_text()) or {}).get("mode", "probe")
+    raw = yaml.safe_load(path.read_text()) or {}
+    mode, precision = raw.get("mode", "probe"), raw.get("precision", "auto")
     modes = ["probe", "finetune"] if mode == "auto" else [mode]
-    sweep = load_sweep(task, [f"mode={modes[0]}"])
+    precisions = ["auto", "bfloat16"] if precision == "native" else [precision]
+    sweep = load_sweep(task, [f"mode={modes[0]}", f"precision={precisions[0]}"])
     out = set()
-    for m in modes:
-        out |= {canonical(c.to_dict()) for c in dataclasses.replace(sweep, mode=m).cells()}
+    for m, p in itertools.product(modes, precisions):
+        out |= {canonical(c.to_dict()) for c in dataclasses.replace(sweep, mode=m, precision=p).cells()}
     return out
 
 
@@ -943,6 +970,15 @@ def summary_table(group: pd.DataFrame, fmt: str | None = None) -> tuple[pd.DataF
     if not has[mb_col]:
         notes.append("peak MB (process): the peak RSS of the process so far on CPU (of the cell alone only "
                      "with --isolate), CUDA max allocated on GPU; not a per-strategy measurement.")
+    if has[ms_col] and "select_seconds_test" in group:  # selection strategies: was their selection timed too?
+        chose = group[group["select_seconds_test"].notna() & group[ms_col].notna()]
+        timed = chose["cost_select_s"].notna() if "cost_select_s" in chose else pd.Series(False, index=chose.index)
+        for flag, text in ((True, "includes their sentence splitting and selection, timed with the model pass"),
+                           (False, "is the model pass alone: these runs were measured before selection was timed "
+                                   "with it (its total is `select_seconds_test`, over every test document)")):
+            which = sorted({names[x] for x in chose.loc[timed == flag, "strategy"]})
+            if which:
+                notes.append(f"{ms_head} of {', '.join(f'`{w}`' for w in which)} {text}.")
     rows = []
     trained = (str(group["mode"].iloc[0]).startswith("finetune") and "optimizer_steps" in group
                and group["optimizer_steps"].notna().any())

@@ -9,6 +9,10 @@ document of a fixed cost sample, the model inputs its strategy makes), and the p
   at the sweep's batch size; one warm-up pass, then the median of ``repeats`` timed passes (CUDA
   synchronised): documents/s and real tokens/s;
 * **latency at batch size 1**: each sample document alone (its windows in one call), p50 / p95;
+* **the strategy's own document work** (``CostProbe.prepare``: sentence splitting and selection, for the
+  strategies that choose sentences): timed in each repeat right before its pass and per document before its
+  batch-1 forward, so documents/s and latency are the whole cost of a document (``cost_select_seconds_median``
+  says how much of it is selection); tokens/s, FLOPs and utilisation stay the model's;
 * **FLOPs**: counted by ``torch.utils.flop_counter.FlopCounterMode`` on the real forward at each
   distinct real input length (cached per shape), so any architecture (SwiGLU, grouped-query K/V) is
   right and padding is not work;
@@ -61,6 +65,9 @@ class CostProbe:
     types: list[list[list[int]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     module: torch.nn.Module | None = None  # the model ``forward`` runs: frozen while its FLOPs are counted
+    # the strategy's own work on cost-sample document d before the model sees it (sentence splitting and
+    # selection), None where choosing windows is arithmetic on the length (head, sliding ...)
+    prepare: Callable[[int], Any] | None = None
 
 
 def cost_sample(n_docs: int, size: int, seed: int = 0) -> list[int]:
@@ -210,14 +217,25 @@ def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precis
     def one_pass(inputs, types, bs) -> float:
         return timed_pass(probe.forward, inputs, probe.pad_id, device, bs, precision, types)
 
+    def prepare(ds) -> float:  # the strategy's document work (selection) on documents ds, in seconds
+        if probe.prepare is None:
+            return 0.0
+        t0 = time.perf_counter()
+        for d in ds:
+            probe.prepare(d)
+        return time.perf_counter() - t0
+
     cal = Calibrator(device, compute_dtype(device, precision))
+    every = range(docs)
     with torch.inference_mode():
         for _ in range(warmup):
+            prepare(every)
             one_pass(flat, flat_types, batch_size)
             cal.a @ cal.b
-        rates, times = [], []
+        rates, times, selects = [], [], []
         with PassMemory(device) if device.type == "cuda" else contextlib.nullcontext() as mem:
             for _ in range(repeats):
+                selects.append(prepare(every))
                 rates.append(cal.sample())  # interleaved: the rate right before each timed pass
                 times.append(one_pass(flat, flat_types, batch_size))
         memory = mem.out if mem is not None else child_pass_memory(lambda: one_pass(flat, flat_types, batch_size))
@@ -225,8 +243,9 @@ def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precis
         for d, doc in enumerate(probe.inputs):
             if doc:
                 types = probe.types[d] if probe.types is not None else None
-                latency.append(one_pass(doc, types, max(1, len(doc))))
+                latency.append(prepare([d]) + one_pass(doc, types, max(1, len(doc))))
     seconds = statistics.median(times)
+    whole = statistics.median(t + s for t, s in zip(times, selects))  # a document's whole cost: selection + model
     flops = sum(count_forward(probe.forward, len(x), device, ("cost", probe.key), module=probe.module,
                               precision=precision, with_types=flat_types is not None) for x in flat)
     rate = statistics.median(rates)
@@ -235,13 +254,18 @@ def measure_cost(probe: CostProbe, device: torch.device, batch_size: int, precis
         "cost_docs": docs, "cost_inputs": len(flat), "cost_real_tokens": real, "cost_repeats": repeats,
         "cost_batch_size": batch_size, "cost_seconds_median": seconds,
         "cost_seconds_spread": (max(times) - min(times)) / seconds if seconds > 0 else None,
-        "cost_docs_per_s": docs / seconds, "cost_tokens_per_s": real / seconds,
+        "cost_docs_per_s": docs / whole, "cost_tokens_per_s": real / seconds,
         "latency_b1_p50_ms": float(np.percentile(latency, 50) * 1e3) if latency else None,
         "latency_b1_p95_ms": float(np.percentile(latency, 95) * 1e3) if latency else None,
         "flops_per_doc": flops / max(1, docs), "flops_counter": "torch.utils.flop_counter.FlopCounterMode",
         "matmul_gflops": rate, "utilisation_measured": util, "utilisation": util if util <= 1.0 else None,
         **memory, **probe.extra,
     }
+    if probe.prepare is not None:
+        select = statistics.median(selects)
+        out.update(cost_select_seconds_median=select, cost_select_share=select / whole,
+                   cost_includes="selection + model: documents/s and batch-1 latency include the strategy's "
+                                 "sentence splitting and selection; tokens/s, FLOPs and utilisation are the model's")
     if util > 1.0:
         out["utilisation_error"] = (f"measured {util:.0%} of the interleaved matmul rate: above 100% is a timing "
                                     f"or calibration error, not a number")

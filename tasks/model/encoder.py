@@ -287,7 +287,38 @@ def encode(
     return Encoded(vectors, got.seconds, got.widths, got.padded_tokens, got.real_tokens)
 
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16")  # what a run records and computes in
+SWEEP_PRECISIONS = (*PRECISIONS, "native")  # a sweep may also ask for ``native``, resolved when it is loaded
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 matmuls natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX
+    (elsewhere torch emulates bf16 on a CPU, slower than float32). ``CTXBENCH_NATIVE_BF16=0`` or ``1`` overrides
+    the detection (the tests set 0, so they take the same path on every machine)."""
+    import os
+
+    forced = os.environ.get("CTXBENCH_NATIVE_BF16", "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ConfigError(f"CTXBENCH_NATIVE_BF16 must be 0 or 1, got {forced!r}")
+        return forced == "1"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """A sweep's ``precision`` as its runs record it. ``native`` becomes ``bfloat16`` on a CPU that runs bf16
+    natively (:func:`native_bf16`) and ``auto`` everywhere else (bf16 autocast on CUDA, float32 on other CPUs),
+    so a run_id names what was computed: on a CPU without native bf16 the cells are ``auto``'s, run_ids
+    included. The other values are kept."""
+    if precision not in SWEEP_PRECISIONS:
+        raise ConfigError(f"precision must be one of {SWEEP_PRECISIONS}, got {precision!r}")
+    if precision != "native":
+        return precision
+    return "bfloat16" if device.type == "cpu" and native_bf16(device) else "auto"
 
 
 def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
@@ -295,7 +326,8 @@ def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
 
     ``auto`` (the default): bf16 autocast on CUDA, float32 elsewhere; ``bfloat16``: bf16 autocast on any device (CPUs
     with AVX512-BF16 or AMX run it natively; on others it is emulated and slower);
-    ``float32``: no autocast. Weights stay float32; only the autocast region (the
+    ``float32``: no autocast (``native``, a sweep's choice, is resolved to one of these first:
+    :func:`resolve_precision`). Weights stay float32; only the autocast region (the
     encoder's forward) changes. Training always runs ``auto`` (a run's ``precision``
     is its inference precision, so the trained model is the same for every value).
     """
