@@ -46,7 +46,7 @@ report: $(STAMP)
 # The long-document study (bench/studies/long_documents.py): its parts in order, resumable by run_id, then its
 # tables, plots and README under results/studies/long_documents/. PARTS=books,core runs only those parts.
 study: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m ctxbench.bench.studies.long_documents run --quiet $(if $(PARTS),--parts $(PARTS))
+	$(OFFLINE) $(BIN)/python -m ctxbench.bench.studies.long_documents run --quiet $(if $(PARTS),--parts $(PARTS)) $(ARGS)
 
 # Throughput/memory suite (pytest-benchmark) on whatever device is present; the results go to
 # results/perf/<machine-id>/latest.json, and the first run on a machine seeds its baseline.json.

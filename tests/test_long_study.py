@@ -2,6 +2,9 @@
 the best strategy, the inversion verdicts, the model-vs-model pairing and the provenance lines."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from ctxbench.bench.config import load_sweep
@@ -86,3 +89,15 @@ def test_measuring_one_part_side_by_side_keeps_the_other_parts_rows(tmp_path):
     assert merged_rows(path, [{"part": "core", "x": 1}]) == [{"part": "core", "x": 1}]
     path.write_text(json.dumps({"rows": [{"part": "books", "x": 0}, {"part": "core", "x": 0}]}))
     assert merged_rows(path, [{"part": "core", "x": 2}]) == [{"part": "books", "x": 0}, {"part": "core", "x": 2}]
+
+
+def test_a_rerun_of_some_strategies_keeps_the_parts_and_refuses_a_name_no_part_runs():
+    from ctxbench.bench.studies.long_documents import only, run
+
+    parts = dict(sweeps())
+    picked = only(parts["transforms"], ["textrank", "tfidf_select"])
+    assert [s.name for s in picked.strategies] == ["textrank", "tfidf_select"]
+    assert picked.budgets == parts["transforms"].budgets and picked.settings == parts["transforms"].settings
+    assert only(parts["smollm2"], ["textrank"]) is None and only(parts["core"], None) is parts["core"]
+    with pytest.raises(SystemExit, match="no part of the study runs"):
+        run(["books"], Path("unused"), strategies=["textrnk"])

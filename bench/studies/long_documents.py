@@ -1,6 +1,7 @@
 """The long-document study: which context strategy wins on genuinely long documents, and why.
 
-``python -m ctxbench.bench.studies.long_documents [run] [--parts a,b] [--results DIR]`` (``make study``)
+``python -m ctxbench.bench.studies.long_documents [run] [--parts a,b] [--strategies x,y] [--rerun] [--results DIR]``
+(``make study``)
 runs the parts of ``bench/configs/long_documents.yaml`` in order, each through the ordinary runner into
 ``results/studies/long_documents/clf/runs.jsonl`` (resumable by run_id: a rerun measures only the missing
 cells), then writes the study's tables, plots and README from those runs alone. ``report`` rewrites the
@@ -40,14 +41,32 @@ def sweeps(parts: list[str] | None = None) -> list[tuple[str, object]]:
     return [(name, load_sweep(CONFIG, profile=PARTS[name])) for name in names]
 
 
-def run(parts: list[str] | None, root: Path, progress: bool = True) -> int:
+def only(sweep, names: list[str] | None):
+    """``sweep`` with only the strategies named (by name, e.g. ``textrank``); None when it has none of them."""
+    import dataclasses
+
+    if names is None:
+        return sweep
+    kept = tuple(s for s in sweep.strategies if s.name in names)
+    return dataclasses.replace(sweep, strategies=kept) if kept else None
+
+
+def run(parts: list[str] | None, root: Path, progress: bool = True, strategies: list[str] | None = None,
+        rerun: bool = False) -> int:
     from ctxbench.bench.run.runner import run_sweep
 
     failed = 0
-    for name, sweep in sweeps(parts):
+    chosen = sweeps(parts)
+    unknown = set(strategies or ()) - {s.name for _, sw in chosen for s in sw.strategies}
+    if unknown:
+        raise SystemExit(f"no part of the study runs {sorted(unknown)}")
+    for name, sweep in chosen:
+        sweep = only(sweep, strategies)
+        if sweep is None:
+            continue
         t0 = time.perf_counter()
-        print(f"study part {name}: {len(sweep.cells())} cells", flush=True)
-        summary = run_sweep(sweep, root, progress=progress)
+        print(f"study part {name}: {len(sweep.cells())} cells{' (measured again)' if rerun else ''}", flush=True)
+        summary = run_sweep(sweep, root, progress=progress, rerun=rerun)
         print(f"study part {name}: ran {summary.ran}, skipped {summary.skipped}, failed {len(summary.failed)} "
               f"in {time.perf_counter() - t0:.0f} s", flush=True)
         failed += len(summary.failed) + summary.interrupted
@@ -118,12 +137,18 @@ def main(argv: list[str] | None = None) -> int:
                          "machine helps), then the report; report: the outputs only")
     ap.add_argument("--parts", default=None, help=f"comma-separated, in this order (default all): {', '.join(PARTS)}")
     ap.add_argument("--results", default=str(ROOT))
+    ap.add_argument("--strategies", default=None,
+                    help="comma-separated strategy names: run only their cells (default all)")
+    ap.add_argument("--rerun", action="store_true",
+                    help="measure the cells afresh, each new line in place of its recorded one (e.g. after a "
+                         "measurement changed); the span cache still serves the encodings")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     root = Path(args.results)
     failed = 0
     if args.command == "run":
-        failed = run(args.parts.split(",") if args.parts else None, root, progress=not args.quiet)
+        failed = run(args.parts.split(",") if args.parts else None, root, progress=not args.quiet,
+                     strategies=args.strategies.split(",") if args.strategies else None, rerun=args.rerun)
     elif args.command == "cost":
         print(f"wrote {side_by_side_costs(root, args.parts.split(',') if args.parts else None)}")
     from ctxbench.bench.studies.long_report import write_report
