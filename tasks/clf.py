@@ -405,7 +405,7 @@ class Classification:
                 lines.append(f"budget {budget}: measured side by side on {measured['measured_docs']} test documents: "
                              f"the whole grid's windows take {measured['measured_ratio']:.2f}x one sliding pass "
                              f"({measured['measured_s_all']:.2f}s vs {measured['measured_s_sliding']:.2f}s, medians "
-                             f"of 3 interleaved passes)")
+                             f"of {measured['measured_repeats']} interleaved passes)")
 
         def ident(r: dict) -> str:  # rows written before compute_dtype was recorded are CPU float32 runs
             return json.dumps([r.get(k) for k in ("dataset", "model", "data_seed", "limits", "budget")]
@@ -430,8 +430,10 @@ class Classification:
             return {}
 
         forward = pooled_forward(enc.model, spec.pooler)
-        t = side_by_side(forward, inputs, enc.tokenizer.pad_token_id, ctx.device, spec.batch_size, spec.precision)
-        return {"measured_docs": len(docs), "measured_windows_all": len(inputs["all"]),
+        repeats = max(3, spec.cost_repeats)  # the cost pass's rule: the median of as many interleaved passes
+        t = side_by_side(forward, inputs, enc.tokenizer.pad_token_id, ctx.device, spec.batch_size, spec.precision,
+                         repeats)
+        return {"measured_docs": len(docs), "measured_repeats": repeats, "measured_windows_all": len(inputs["all"]),
                 "measured_windows_sliding": len(inputs["sliding"]), "measured_s_all": t["all"],
                 "measured_s_sliding": t["sliding"], "measured_ratio": t["all"] / max(t["sliding"], 1e-12)}
 
