@@ -366,6 +366,8 @@ def test_query_select_ranks_context_sentences_against_the_question(tiny_model, t
     assert got["query_select"]["metrics"]["answer_reachable"] == 100.0
     assert got["query_select"]["measurements"]["select_seconds_test"] > 0
     assert got["query_select"]["measurements"]["sentence_split_seconds"] > 0  # timed apart from selection
+    cost = {k: v["measurements"].get("cost", {}) for k, v in got.items()}  # the cost pass includes them
+    assert cost["query_select"]["cost_select_seconds_median"] > 0 and "cost_select_seconds_median" not in cost["head"]
     rows = [json.loads(x) for x in (tmp_path / "r" / "qa" / got["query_select"]["predictions_file"]).read_text()
             .splitlines()]
     assert all(len(x["spans"][0]) >= 1 and sum(e - s for s, e in x["spans"][0]) <= 20 for x in rows)
