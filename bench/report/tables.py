@@ -679,7 +679,8 @@ def leaderboard(runs: Iterable[dict[str, Any]], root: str | Path | None = None, 
                 continue  # absent from these runs, zero for all, or one value everywhere
             sections.append(Section(f"{title} — {heading} ({stat})", pivot(runs_g, column, cfmt), "", gid, column))
     for n in notes:
-        warnings.warn(n, stacklevel=2)
+        if n not in df.attrs.get("notes", ()):  # long_frame warned of its own already
+            warnings.warn(n, stacklevel=2)
     return Leaderboard(df, sections, cells, buckets, failed, notes, method)
 
 
