@@ -441,27 +441,28 @@ class Classification:
         """Every strategy's model inputs for the cost sample at ``spec.budget``, timed in turn in one pass
         (``side_by_side``: A, B, C, A, B, C ... after a warm-up each): on a shared machine the ratios between
         strategies hold where cells timed minutes apart drift. Seconds per batched pass at the sweep's batch
-        size; the sentence views are built for the cost sample only."""
+        size; a selection strategy's pass includes splitting and selecting the sample's documents
+        (:meth:`select_one`, as in its cell's own cost pass)."""
         enc, _, data = self._data(spec, ctx)
         budget = usable_budget(enc.tokenizer, enc.max_positions, spec.budget)
         idx = cost_sample(len(data.ids["test"]), spec.cost_docs, spec.data_seed)
         ids = [data.ids["test"][i] for i in idx]
-        views = None
         sets: dict[str, list[list[int]]] = {}
+        prepare: dict[str, Callable[[], Any]] = {}
         for st_spec in strategies:
             strategy = st_spec.build()
-            if "sentences" in needs(strategy) and views is None:
-                from ctxbench.tasks.data.sentences import doc_views
-
-                views = doc_views([data.texts["test"][i] for i in idx], enc.tokenizer, lengths=[len(x) for x in ids],
-                                  fallback_words=settings_of(spec).fallback_words)
-            sets[st_spec.label] = [build_input(enc.tokenizer, x, w) for k, x in enumerate(ids)
-                                   for w in timed_windows(strategy, len(x), budget,
-                                                          views[k] if needs(strategy) else None)[0]]
+            if needs(strategy):
+                one = self.select_one(spec, data, enc, strategy, budget)
+                prepare[st_spec.label] = lambda one=one: [one(d) for d in range(len(idx))]
+                windows = prepare[st_spec.label]()
+            else:
+                windows = [strategy.windows(len(x), budget) for x in ids]
+            sets[st_spec.label] = [build_input(enc.tokenizer, x, w) for x, ws in zip(ids, windows) for w in ws]
         t = side_by_side(pooled_forward(enc.model, spec.pooler), sets, enc.tokenizer.pad_token_id, ctx.device,
-                         spec.batch_size, spec.precision, repeats)
+                         spec.batch_size, spec.precision, repeats, prepare)
         return {k: {"seconds": v, "ms_per_doc": 1e3 * v / max(1, len(idx)), "docs": len(idx), "inputs": len(sets[k]),
-                    "real_tokens": sum(len(x) for x in sets[k])} for k, v in t.items()}
+                    "real_tokens": sum(len(x) for x in sets[k]), "selection_timed": k in prepare}
+                for k, v in t.items()}
 
     @staticmethod
     def _data(spec, ctx: Context) -> tuple[Loaded, str, ClfData]:

@@ -9,7 +9,7 @@ from ctxbench.bench.results import read_jsonl
 from ctxbench.bench.run.runner import run_sweep
 from ctxbench.tasks import Context
 from ctxbench.tasks.model import cost as cost_mod
-from ctxbench.tasks.model.cost import CostProbe, cost_sample, measure_cost
+from ctxbench.tasks.model.cost import CostProbe, cost_sample, measure_cost, side_by_side
 from ctxbench.tasks.model.flops import forward_flops
 
 CPU = torch.device("cpu")
@@ -86,6 +86,11 @@ def test_a_selection_strategys_document_work_is_in_its_cost():
     assert 0 < c["cost_select_share"] < 1 and "selection" in c["cost_includes"]
     assert c["cost_seconds_median"] < c["cost_select_seconds_median"]  # the model's seconds hold no selection
     assert "cost_select_seconds_median" not in plain and "cost_includes" not in plain
+    model = tiny_bert()  # side by side, a set's own document work is timed with its pass, and only its own
+    t = side_by_side(lambda ids, mask, types: model(input_ids=ids, attention_mask=mask).last_hidden_state,
+                     {"a": [x for d in docs for x in d], "b": [x for d in docs for x in d]}, 0, CPU, 8, repeats=1,
+                     prepare={"b": lambda: time.sleep(0.06)})
+    assert t["b"] >= 0.06 and t["a"] < t["b"]
 
 
 def test_the_runner_times_selection_with_a_selection_strategys_model_pass(tiny_model, tiny_data, tmp_path,

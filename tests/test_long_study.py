@@ -80,6 +80,7 @@ def test_strategies_are_timed_side_by_side_on_the_cost_sample(tiny_model, tiny_d
     assert all(v["docs"] == 6 and v["seconds"] > 0 for v in got.values())
     assert got["sliding[max_windows=4]"]["real_tokens"] > got["head"]["real_tokens"]
     assert got["head"]["inputs"] == got["textrank"]["inputs"] == 6  # one window a document
+    assert got["textrank"]["selection_timed"] and not got["head"]["selection_timed"]  # its pass includes selection
 
 
 def test_measuring_one_part_side_by_side_keeps_the_other_parts_rows(tmp_path):

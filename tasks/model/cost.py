@@ -189,14 +189,21 @@ def timed_pass(forward: Forward, inputs: list[list[int]], pad_id: int, device: t
 
 
 def side_by_side(forward: Forward, sets: dict[str, list[list[int]]], pad_id: int, device: torch.device,
-                 batch_size: int, precision: str = "auto", repeats: int = 3) -> dict[str, float]:
+                 batch_size: int, precision: str = "auto", repeats: int = 3,
+                 prepare: dict[str, Callable[[], Any]] | None = None) -> dict[str, float]:
     """Median seconds of one batched pass over each set of inputs, the sets timed in turn (A, B, A, B ...)
-    after one warm-up pass each, so a shared machine's drift falls on all of them alike."""
+    after one warm-up pass each, so a shared machine's drift falls on all of them alike. ``prepare[name]``:
+    that set's own document work (a selection strategy's splitting and selection of the sample), timed
+    with its pass (``CostProbe.prepare``)."""
+    prepare = prepare or {}
     times: dict[str, list[float]] = {k: [] for k in sets}
     with torch.inference_mode():
         for r in range(repeats + 1):
             for name, inputs in sets.items():
-                seconds = timed_pass(forward, inputs, pad_id, device, batch_size, precision)
+                t0 = time.perf_counter()
+                if name in prepare:
+                    prepare[name]()
+                seconds = time.perf_counter() - t0 + timed_pass(forward, inputs, pad_id, device, batch_size, precision)
                 if r:
                     times[name].append(seconds)
     return {k: statistics.median(v) for k, v in times.items()}
