@@ -102,3 +102,22 @@ def test_a_rerun_of_some_strategies_keeps_the_parts_and_refuses_a_name_no_part_r
     assert only(parts["smollm2"], ["textrank"]) is None and only(parts["core"], None) is parts["core"]
     with pytest.raises(SystemExit, match="no part of the study runs"):
         run(["books"], Path("unused"), strategies=["textrnk"])
+
+
+def test_a_selection_strategys_side_by_side_cost_counts_only_where_its_selection_was_timed():
+    import pandas as pd
+
+    from ctxbench.bench.studies.long_report import recommendation_rows
+
+    def cell(strategy, metric, p, ms):
+        return {"group": "g", "group_id": "g", "dataset": "d", "model": "m", "budget": 64, "strategy": strategy,
+                "reference": "head", "metric": metric, "ci_lo": metric - 0.1, "ci_hi": metric + 0.1,
+                "p_holm": p, "diff_vs_head": metric - 0.5, "more_units": float("nan"), "n_units": 100,
+                "cost_latency_ms": ms}
+
+    cells = pd.DataFrame([cell("head", 0.5, float("nan"), 10.0), cell("textrank", 0.49, 0.9, 30.0)])
+    col = "measured cost of each (× head side by side, else ms/doc b=1 p50 of its own pass)"
+    old = {("d", "m", 64, "head"): {"x_head": 1.0}, ("d", "m", 64, "textrank"): {"x_head": 1.1}}
+    assert recommendation_rows(cells, old)[0][col] == "head 10.0 ms; textrank 30.0 ms"  # its model pass alone: not used
+    timed = {**old, ("d", "m", 64, "textrank"): {"x_head": 2.5, "selection_timed": True}}
+    assert recommendation_rows(cells, timed)[0][col] == "head 1.00× head; textrank 2.50× head"

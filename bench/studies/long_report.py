@@ -65,6 +65,14 @@ def side_by_side(root: Path) -> dict[tuple, dict]:
     return {(r["dataset"], r["model"], int(r["budget"]), r["strategy"]): r for r in rows}
 
 
+def selects(label: str) -> bool:
+    """Whether the strategy of this label chooses sentences (its cost includes splitting and selection)."""
+    from ctxbench.strategies import needs, registered, strategy_class
+
+    name = label.split("[", 1)[0]
+    return name in registered() and bool(needs(strategy_class(name)))
+
+
 def recommendation_rows(best_cells: pd.DataFrame, sbs: dict[tuple, dict] | None = None) -> list[dict]:
     """Per group and budget: the best strategy and every strategy not decided worse than it, with the cost
     of each: × head timed side by side where that was measured, else the cell's own measured pass."""
@@ -94,6 +102,8 @@ def recommendation_rows(best_cells: pd.DataFrame, sbs: dict[tuple, dict] | None 
                 undecided.append(f"{names[r['strategy']]} ({_fmt(r['diff_vs_head'], fmt, True)}{need})")
             def cost_of(r: pd.Series, budget: int = int(budget)) -> float:
                 hit = sbs.get((r["dataset"], r["model"], budget, r["strategy"]))
+                if hit and not hit.get("selection_timed") and selects(r["strategy"]):
+                    return np.nan  # a side-by-side row timed before selection was: the cell's own pass instead
                 return hit["x_head"] if hit and hit.get("x_head") else np.nan
 
             tied = tied.assign(_x=[cost_of(r) for _, r in tied.iterrows()])
