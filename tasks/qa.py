@@ -841,9 +841,9 @@ class ExtractiveQA:
         if needs(strategy):  # the cost pass times a question's splitting and selection with its forward
             idx = cost_sample(len(rows), spec.cost_docs, spec.data_seed)
 
-            def select_one(d: int, views=self.views):
+            def select_one(d: int):
                 it = rows[idx[d]]
-                return strategy.windows(it.n, budgets[idx[d]], views(strategy, [it], tok)[0])
+                return strategy.windows(it.n, budgets[idx[d]], self.views(strategy, [it], tok)[0])
 
             cost.prepare = select_one
         return CellResult(metrics, measurements, preds, info, cost=cost)

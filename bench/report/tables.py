@@ -70,7 +70,7 @@ COLUMNS = {
     "optimizer_steps": ("optimizer steps (training)", "{:.0f}"),
     "train_tokens_seen": ("training tokens seen", "{:.0f}"),
 }
-# Measurements the report plots besides COLUMNS (cost axes of the Pareto plots).
+# Measurements the report carries besides COLUMNS (cost axes of the Pareto plots; a selection strategy's own time).
 EXTRA_MEASURES = ("real_tokens", "latency_p50_ms", "latency_p95_ms", "select_seconds_test")
 # Measured per-cell cost (each strategy timed alone, warm-up then median): column -> the measurement-key
 # suffix that names it (a run may nest it, e.g. ``cost.latency_b1_p50_ms``). Preferred over the grid's
@@ -952,6 +952,14 @@ def metric_format(values: pd.Series) -> str:
     return "{:.1f}" if v.notna().any() and v.max() > 1.5 else "{:.3f}"
 
 
+def selects(label: str) -> bool:
+    """Whether the strategy of this label chooses sentences, so its cost includes splitting and selection."""
+    from ctxbench.strategies import needs, registered, strategy_class
+
+    name = label.split("[", 1)[0]
+    return name in registered() and bool(needs(strategy_class(name)))
+
+
 def summary_table(group: pd.DataFrame, fmt: str | None = None) -> tuple[pd.DataFrame, dict[str, str], list[str]]:
     """One compact table of one (dataset, model, mode): rows budget × strategy; the legend of the
     short names; notes on where the cost columns come from."""
@@ -971,8 +979,8 @@ def summary_table(group: pd.DataFrame, fmt: str | None = None) -> tuple[pd.DataF
     if not has[mb_col]:
         notes.append("peak MB (process): the peak RSS of the process so far on CPU (of the cell alone only "
                      "with --isolate), CUDA max allocated on GPU; not a per-strategy measurement.")
-    if has[ms_col] and "select_seconds_test" in group:  # selection strategies: was their selection timed too?
-        chose = group[group["select_seconds_test"].notna() & group[ms_col].notna()]
+    if has[ms_col]:  # selection strategies: was their selection timed too?
+        chose = group[group["strategy"].map(selects) & group[ms_col].notna()]
         timed = chose["cost_select_s"].notna() if "cost_select_s" in chose else pd.Series(False, index=chose.index)
         for flag, text in ((True, "includes their sentence splitting and selection, timed with the model pass"),
                            (False, "is the model pass alone: these runs were measured before selection was timed "

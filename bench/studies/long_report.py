@@ -22,7 +22,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from ctxbench.bench.report import stats
-from ctxbench.bench.report.tables import (BEST, DOWN, REFERENCE, UP, cell_frames, metric_format, short_names,
+from ctxbench.bench.report.tables import (BEST, DOWN, REFERENCE, UP, cell_frames, metric_format, selects, short_names,
                                           write_leaderboard)
 from ctxbench.bench.results import read_jsonl
 
@@ -63,14 +63,6 @@ def side_by_side(root: Path) -> dict[tuple, dict]:
         return {}
     rows = json.loads(path.read_text())["rows"]
     return {(r["dataset"], r["model"], int(r["budget"]), r["strategy"]): r for r in rows}
-
-
-def selects(label: str) -> bool:
-    """Whether the strategy of this label chooses sentences (its cost includes splitting and selection)."""
-    from ctxbench.strategies import needs, registered, strategy_class
-
-    name = label.split("[", 1)[0]
-    return name in registered() and bool(needs(strategy_class(name)))
 
 
 def recommendation_rows(best_cells: pd.DataFrame, sbs: dict[tuple, dict] | None = None) -> list[dict]:
