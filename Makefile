@@ -44,9 +44,12 @@ report: $(STAMP)
 	$(OFFLINE) $(BIN)/ctxbench report
 
 # The long-document study (bench/studies/long_documents.py): its parts in order, resumable by run_id, then its
-# tables, plots and README under results/studies/long_documents/. PARTS=books,core runs only those parts.
+# tables, plots and README under results/studies/long_documents/ (whole data, about 8.5 h on 2 cores).
+# PLAN=2h: the plan sized to about 2 hours (subsamples where a part does not fit), under
+# results/studies/long_documents_2h/. PARTS=books,core runs only those parts.
 study: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m ctxbench.bench.studies.long_documents run --quiet $(if $(PARTS),--parts $(PARTS)) $(ARGS)
+	$(OFFLINE) $(BIN)/python -m ctxbench.bench.studies.long_documents run --quiet $(if $(PLAN),--plan $(PLAN)) \
+		$(if $(PARTS),--parts $(PARTS)) $(ARGS)
 
 # Throughput/memory suite (pytest-benchmark) on whatever device is present; the results go to
 # results/perf/<machine-id>/latest.json, and the first run on a machine seeds its baseline.json.

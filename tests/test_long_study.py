@@ -121,3 +121,65 @@ def test_a_selection_strategys_side_by_side_cost_counts_only_where_its_selection
     assert recommendation_rows(cells, old)[0][col] == "head 10.0 ms; textrank 30.0 ms"  # its model pass alone: not used
     timed = {**old, ("d", "m", 64, "textrank"): {"x_head": 2.5, "selection_timed": True}}
     assert recommendation_rows(cells, timed)[0][col] == "head 1.00× head; textrank 2.50× head"
+
+
+def test_the_two_hour_plan_runs_the_same_grid_and_says_which_parts_read_a_subsample():
+    whole, short = dict(sweeps()), dict(sweeps(config="long_documents_2h"))
+    assert list(short) == list(whole)
+    for name, sweep in short.items():
+        if name != "finetune":  # the fine-tuned part keeps its pair (head, sliding) at fewer steps
+            assert [s.label for s in sweep.strategies] == [s.label for s in whole[name].strategies], name
+            assert (sweep.budgets, sweep.seeds, sweep.settings) == (whole[name].budgets, whole[name].seeds,
+                                                                    whole[name].settings), name
+        label = sample_label(sweep.cells()[0])
+        assert label.startswith("all documents" if name == "books" else "subsample (data_seed 0)"), (name, label)
+    assert short["core"].limits.test == short["transforms"].limits.test == 600  # one subsample: shared cells
+    assert short["smollm2"].limits == short["minilm_pair"].limits  # the model-vs-model pairing
+    assert short["core"].precision == "auto"  # native resolves per machine (the tests pin no native bf16)
+
+
+def test_each_run_of_a_part_appends_its_wall_time_and_the_readme_sums_those_that_ran(tmp_path):
+    from ctxbench.bench.studies.long_documents import record_wall
+    from ctxbench.bench.studies.long_report import wall_time_line
+
+    assert "no timed run" in wall_time_line(tmp_path)
+    row = {"started": "2026-12-06T16:00:00+00:00", "failed": 0, "precision": "bfloat16", "cpu_count": 2}
+    record_wall(tmp_path, {**row, "part": "books", "wall_s": 600.0, "ran": 200, "skipped": 0})
+    record_wall(tmp_path, {**row, "part": "core", "wall_s": 1800.0, "ran": 50, "skipped": 0})
+    record_wall(tmp_path, {**row, "part": "core", "wall_s": 30.0, "ran": 0, "skipped": 200})  # nothing measured
+    record_wall(tmp_path, {**row, "part": "core", "wall_s": 1200.0, "ran": 150, "skipped": 50})  # resumed
+    line = wall_time_line(tmp_path)
+    assert "**60 min** on 2 CPU cores" in line and "books 10.0, core 50.0 min" in line and "in 3 run(s)" in line
+
+
+def test_a_plan_is_held_against_the_whole_data_verdicts():
+    import pandas as pd
+
+    from ctxbench.bench.studies.long_report import agreement_rows
+
+    def cell(strategy, mark, mode="probe+unpunctuated=words", budget=64):
+        return {"dataset": "d", "model": "m", "mode": mode, "budget": budget, "strategy": strategy, "metric": 0.5,
+                "diff_vs_head": 0.01, "diff_lo": -0.01, "diff_hi": 0.03, "mark": mark}
+
+    whole = pd.DataFrame([cell("head", ""), cell("a", "▲"), cell("b", "▲"), cell("c", ""), cell("d", "▼"),
+                          cell("e", "", budget=128)])
+    plan = pd.DataFrame([cell("head", "", "probe+bfloat16+unpunctuated=words"),  # precision is not the cell
+                         *(cell(s, m, "probe+bfloat16+unpunctuated=words") for s, m in
+                           [("a", "▲"), ("b", ""), ("c", "▲"), ("d", "▲")]),
+                         cell("a", "▲", "probe+transform=invert+unpunctuated=words")])  # not in the whole data
+    rows, line = agreement_rows(plan, whole)
+    assert [r["verdict"] for r in rows] == ["same", "undecided here", "decided only here", "REVERSED"]
+    assert "Of 4 differences" in line and "same in 1" in line and "reversed in 1" in line
+
+
+def test_the_two_hour_plans_report_compares_itself_with_the_whole_data_study(tiny_model, tiny_data, tmp_path,
+                                                                             cache_env, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # plan roots are results/studies/<config> under the working directory
+    whole, short = Path("results/studies/long_documents"), Path("results/studies/long_documents_2h")
+    _run(whole, tiny_model, tiny_data, "strategies=[head, tail]")
+    _run(short, tiny_model, tiny_data, "strategies=[head, tail]", "precision=bfloat16")
+    readme = write_report(short, "2h").read_text()
+    assert "make study PLAN=2h" in readme and "long_documents_2h.yaml" in readme
+    assert "## Against the whole-data study" in readme and "Of 1 difference from" in readme
+    table = (short / "agreement.md").read_text()
+    assert "| tail " in table and "whole data: Δ vs head" in table

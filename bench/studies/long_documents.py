@@ -1,11 +1,21 @@
 """The long-document study: which context strategy wins on genuinely long documents, and why.
 
-``python -m ctxbench.bench.studies.long_documents [run] [--parts a,b] [--strategies x,y] [--rerun] [--results DIR]``
-(``make study``)
-runs the parts of ``bench/configs/long_documents.yaml`` in order, each through the ordinary runner into
-``results/studies/long_documents/clf/runs.jsonl`` (resumable by run_id: a rerun measures only the missing
+``python -m ctxbench.bench.studies.long_documents [run] [--plan whole|2h] [--parts a,b] [--strategies x,y]
+[--rerun] [--results DIR]`` (``make study``, ``make study PLAN=2h``)
+runs the parts of the plan's config in order, each through the ordinary runner into
+``results/studies/<config>/clf/runs.jsonl`` (resumable by run_id: a rerun measures only the missing
 cells), then writes the study's tables, plots and README from those runs alone. ``report`` rewrites the
-outputs without running anything.
+outputs without running anything. Each ``run`` appends what it ran and its wall time per part to
+``wall_time.json``, which the README sums.
+
+Plans (the same parts, strategies, budgets and seeds):
+
+=======  ====================================  =========================================================
+whole    ``bench/configs/long_documents.yaml``  every part on its whole data where the issue asks for it
+                                                (about 8.5 hours in float32 on 2 cores; resumable)
+2h       ``long_documents_2h.yaml``             fits about 2 hours on 2 cores: each part that does not fit
+                                                reads a fixed subsample (data_seed 0), said in its tables
+=======  ====================================  =========================================================
 
 Parts (most informative first, so a stopped run has the core):
 
@@ -25,20 +35,25 @@ import argparse
 import time
 from pathlib import Path
 
-CONFIG = "long_documents"
-ROOT = Path("results") / "studies" / "long_documents"
+PLANS = {"whole": "long_documents", "2h": "long_documents_2h"}  # plan -> its sweep config
+CONFIG = PLANS["whole"]
+ROOT = Path("results") / "studies" / CONFIG
+
+
+def plan_root(plan: str) -> Path:
+    return Path("results") / "studies" / PLANS[plan]
 PARTS = {"books": "books", "transforms": "transforms", "core": None, "smollm2": "smollm2",
          "minilm_pair": "minilm_pair", "20ng_long": "20ng_long", "finetune": "finetune"}
 
 
-def sweeps(parts: list[str] | None = None) -> list[tuple[str, object]]:
+def sweeps(parts: list[str] | None = None, config: str = CONFIG) -> list[tuple[str, object]]:
     from ctxbench.bench.config import load_sweep
 
     names = parts or list(PARTS)
     unknown = [p for p in names if p not in PARTS]
     if unknown:
         raise SystemExit(f"unknown part(s) {unknown}; parts: {', '.join(PARTS)}")
-    return [(name, load_sweep(CONFIG, profile=PARTS[name])) for name in names]
+    return [(name, load_sweep(config, profile=PARTS[name])) for name in names]
 
 
 def only(sweep, names: list[str] | None):
@@ -51,12 +66,31 @@ def only(sweep, names: list[str] | None):
     return dataclasses.replace(sweep, strategies=kept) if kept else None
 
 
+WALL_FILE = "wall_time.json"
+
+
+def record_wall(root: Path, row: dict) -> None:
+    """Append one part's run (cells run and skipped, wall seconds) to ``root/wall_time.json``."""
+    import json
+
+    from ctxbench.tasks.cache import atomic_write_text
+
+    path = root / WALL_FILE
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    atomic_write_text(path, json.dumps({"what": "each `long_documents run` of a part: the cells it ran and skipped "
+                                                "(already recorded) and its wall time, appended",
+                                        "rows": rows + [row]}, indent=1))
+
+
 def run(parts: list[str] | None, root: Path, progress: bool = True, strategies: list[str] | None = None,
-        rerun: bool = False) -> int:
+        rerun: bool = False, config: str = CONFIG) -> int:
+    import datetime
+    import os
+
     from ctxbench.bench.run.runner import run_sweep
 
     failed = 0
-    chosen = sweeps(parts)
+    chosen = sweeps(parts, config)
     unknown = set(strategies or ()) - {s.name for _, sw in chosen for s in sw.strategies}
     if unknown:
         raise SystemExit(f"no part of the study runs {sorted(unknown)}")
@@ -66,9 +100,15 @@ def run(parts: list[str] | None, root: Path, progress: bool = True, strategies: 
             continue
         t0 = time.perf_counter()
         print(f"study part {name}: {len(sweep.cells())} cells{' (measured again)' if rerun else ''}", flush=True)
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         summary = run_sweep(sweep, root, progress=progress, rerun=rerun)
+        wall = time.perf_counter() - t0
         print(f"study part {name}: ran {summary.ran}, skipped {summary.skipped}, failed {len(summary.failed)} "
-              f"in {time.perf_counter() - t0:.0f} s", flush=True)
+              f"in {wall:.0f} s", flush=True)
+        record_wall(root, {"part": name, "started": started, "wall_s": round(wall, 1), "ran": summary.ran,
+                           "skipped": summary.skipped, "failed": len(summary.failed),
+                           "interrupted": bool(summary.interrupted), "strategies": strategies, "rerun": rerun,
+                           "precision": sweep.precision, "cpu_count": os.cpu_count()})
         failed += len(summary.failed) + summary.interrupted
         if summary.interrupted:
             break
@@ -87,7 +127,7 @@ def merged_rows(path: Path, rows: list[dict]) -> list[dict]:
     return kept + rows
 
 
-def side_by_side_costs(root: Path, parts: list[str] | None = None, repeats: int = 3) -> Path:
+def side_by_side_costs(root: Path, parts: list[str] | None = None, repeats: int = 3, config: str = CONFIG) -> Path:
     """Each probe part's strategies timed side by side at each of its budgets on its cost sample (the
     clf task's ``cost_side_by_side``), for parts with recorded cells; written to ``root/cost_side_by_side.json``
     (keeping the rows of parts not measured now) and read by the report next to each cell's own measured cost
@@ -105,7 +145,7 @@ def side_by_side_costs(root: Path, parts: list[str] | None = None, repeats: int 
         else set()
     task = get_task("clf")
     rows, ctx = [], None
-    for name, sweep in sweeps(parts):
+    for name, sweep in sweeps(parts, config):
         if sweep.mode != "probe" or (sweep.dataset, sweep.model) not in recorded:
             continue
         ctx = ctx or Context(device=pick_device(sweep.device), progress=False)
@@ -136,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="run: the parts, then the report; cost: time each part's strategies side by side (a quiet "
                          "machine helps), then the report; report: the outputs only")
     ap.add_argument("--parts", default=None, help=f"comma-separated, in this order (default all): {', '.join(PARTS)}")
-    ap.add_argument("--results", default=str(ROOT))
+    ap.add_argument("--plan", default="whole", choices=list(PLANS),
+                    help="whole: every part on its whole data (the reference); 2h: sized to about 2 hours on 2 "
+                         "cores, parts that do not fit on a fixed subsample")
+    ap.add_argument("--results", default=None, help="default results/studies/<the plan's config>")
     ap.add_argument("--strategies", default=None,
                     help="comma-separated strategy names: run only their cells (default all)")
     ap.add_argument("--rerun", action="store_true",
@@ -144,16 +187,18 @@ def main(argv: list[str] | None = None) -> int:
                          "measurement changed); the span cache still serves the encodings")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    root = Path(args.results)
+    config = PLANS[args.plan]
+    root = Path(args.results) if args.results else plan_root(args.plan)
     failed = 0
     if args.command == "run":
         failed = run(args.parts.split(",") if args.parts else None, root, progress=not args.quiet,
-                     strategies=args.strategies.split(",") if args.strategies else None, rerun=args.rerun)
+                     strategies=args.strategies.split(",") if args.strategies else None, rerun=args.rerun,
+                     config=config)
     elif args.command == "cost":
-        print(f"wrote {side_by_side_costs(root, args.parts.split(',') if args.parts else None)}")
+        print(f"wrote {side_by_side_costs(root, args.parts.split(',') if args.parts else None, config=config)}")
     from ctxbench.bench.studies.long_report import write_report
 
-    print(f"wrote {write_report(root)}")
+    print(f"wrote {write_report(root, args.plan)}")
     return 1 if failed else 0
 
 
