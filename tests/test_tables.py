@@ -356,3 +356,18 @@ def test_the_already_recorded_note_names_the_machine_and_the_commit():
     note = _recorded_by([{**runs[0], "env": {"device_name": "cpu: X", "hostname": "vm", "git_sha": "abc123def456789",
                                              "git_dirty": True}}])
     assert "cpu: X on host vm" in note and "abc123def4 (dirty)" in note
+
+
+def test_a_table_of_a_subsample_says_so_and_the_whole_data_set_does_not():
+    import pandas as pd
+
+    from ctxbench.bench.report.tables import _data_note, sample_text
+
+    assert sample_text({"train": None, "val": None, "test": None}, 0) == ""
+    assert sample_text({"train": 1200, "val": None, "test": 1000}, 3) == \
+        "subsample (data_seed 3): 1,200 train / all val / 1,000 test"
+    group = pd.DataFrame([{"task": "nope", "dataset": "d", "sample": json.dumps(
+        {"task_version": "1", "data_seed": 0, "limits": {"train": 600, "val": 100, "test": 600}})}])
+    assert _data_note(group) == " Sample: a fixed subsample (data_seed 0): 600 train / 100 val / 600 test."
+    whole = group.assign(sample=json.dumps({"task_version": "1", "data_seed": 0, "limits": {"train": None}}))
+    assert _data_note(whole) == ""

@@ -50,9 +50,26 @@ def data_provenance(task: str, dataset: str) -> str:
     return fn(dataset) if fn else ""
 
 
+def sample_text(limits: dict[str, Any] | None, data_seed: Any) -> str:
+    """'subsample (data_seed 0): 600 train / 100 val / 600 test' for a fixed per-split subsample; '' for the
+    whole data set (every table and study part of a subsample says so)."""
+    limits = limits or {}
+    if all(limits.get(s) is None for s in ("train", "val", "test")):
+        return ""
+    sizes = " / ".join(f"{'all' if limits.get(s) is None else f'{limits[s]:,}'} {s}" for s in ("train", "val", "test"))
+    return f"subsample (data_seed {data_seed}): {sizes}"
+
+
+def group_sample_text(group: pd.DataFrame) -> str:
+    """:func:`sample_text` of a group of cells (its ``sample`` key)."""
+    s = json.loads(group["sample"].iloc[0]) if "sample" in group and len(group) else {}
+    return sample_text(s.get("limits"), s.get("data_seed"))
+
+
 def _data_note(group: pd.DataFrame) -> str:
     text = data_provenance(str(group["task"].iloc[0]), str(group["dataset"].iloc[0]))
-    return f" Data: {text}." if text else ""
+    sample = group_sample_text(group)
+    return (f" Data: {text}." if text else "") + (f" Sample: a fixed {sample}." if sample else "")
 
 
 # (column in the long frame, heading, format)
