@@ -434,7 +434,9 @@ def write_report(root: str | Path, plan: str = "whole") -> Path:
               f"Command: `make study{'' if plan == 'whole' else f' PLAN={plan}'}` (`python -m "
               f"ctxbench.bench.studies.long_documents{'' if plan == 'whole' else f' --plan {plan}'}`); resumable by "
               f"run_id, so a rerun measures only what is missing. `make study PARTS=core` runs one part. Sweep: "
-              f"`bench/configs/{config}.yaml`." + ("" if plan == "whole" else
+              f"`bench/configs/{config}.yaml`." + (" The same grid sized to about 2 hours on 2 cores (fixed subsamples "
+                                                  "where a part does not fit): `make study PLAN=2h` (`results/studies/"
+                                                  "long_documents_2h/`)." if plan == "whole" else
                                                   " The whole-data study: `make study` (`results/studies/"
                                                   "long_documents/`)."), "",
               "## What ran", "", _md(progress_rows(runs, config)), "", wall_time_line(root), "",
