@@ -37,13 +37,13 @@ from pathlib import Path
 
 PLANS = {"whole": "long_documents", "2h": "long_documents_2h"}  # plan -> its sweep config
 CONFIG = PLANS["whole"]
-ROOT = Path("results") / "studies" / CONFIG
+PARTS = {"books": "books", "transforms": "transforms", "core": None, "smollm2": "smollm2",
+         "minilm_pair": "minilm_pair", "20ng_long": "20ng_long", "finetune": "finetune"}
 
 
 def plan_root(plan: str) -> Path:
+    """Where a plan's runs and outputs live: ``results/studies/<its config>``."""
     return Path("results") / "studies" / PLANS[plan]
-PARTS = {"books": "books", "transforms": "transforms", "core": None, "smollm2": "smollm2",
-         "minilm_pair": "minilm_pair", "20ng_long": "20ng_long", "finetune": "finetune"}
 
 
 def sweeps(parts: list[str] | None = None, config: str = CONFIG) -> list[tuple[str, object]]:
