@@ -40,6 +40,13 @@ def _ci(lo: float, hi: float, fmt: str = "{:.3f}", sign: bool = False) -> str:
     return f"[{_fmt(lo, fmt, sign)}, {_fmt(hi, fmt, sign)}]"
 
 
+def _delta(r: pd.Series, fmt: str) -> str:
+    """A cell's difference from its reference: 'Δ [lo, hi]' and its Holm mark (▲ / ▼) when it has one."""
+    mark = r.get("mark", "") or ""
+    return (f"{_fmt(r['diff_vs_head'], fmt, True)} {_ci(r['diff_lo'], r['diff_hi'], fmt, True)}"
+            f"{' ' + mark if mark else ''}")
+
+
 def _md(rows: list[dict], empty: str = "_none yet_") -> str:
     return tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False,
                     disable_numparse=True) if rows else empty
@@ -156,10 +163,8 @@ def position_rows(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
                 if strategy == REFERENCE:
                     row[t] = f"{_fmt(r['metric'], fmt)} {_ci(r['ci_lo'], r['ci_hi'], fmt)} (head itself)"
                     continue
-                mark = r.get("mark", "")
-                row[t] = (f"{_fmt(r['diff_vs_head'], fmt, True)} {_ci(r['diff_lo'], r['diff_hi'], fmt, True)}"
-                          f"{' ' + mark if mark else ''}")
-                state[t] = mark
+                row[t] = _delta(r, fmt)
+                state[t] = r.get("mark", "")
             if strategy != REFERENCE and "none" in state and "invert" in state:
                 a, b = state["none"], state["invert"]
                 if a and b and a != b:
@@ -204,9 +209,7 @@ def model_rows(frame: pd.DataFrame, root: Path) -> list[dict]:
             rows.append({"model strategy @budget": r["strategy"], "seeds": int(r["n_seeds"]),
                          "test docs": _fmt(r["n_examples"], "{:.0f}"),
                          f"{r['main_metric']} [95% CI]": f"{_fmt(r['metric'], fmt)} {_ci(r['ci_lo'], r['ci_hi'], fmt)}",
-                         f"Δ vs {ref} [95% CI]": ("–" if r["strategy"] == ref else
-                                                  f"{_fmt(r['diff_vs_head'], fmt, True)} "
-                                                  f"{_ci(r['diff_lo'], r['diff_hi'], fmt, True)} {r.get('mark', '')}"),
+                         f"Δ vs {ref} [95% CI]": "–" if r["strategy"] == ref else _delta(r, fmt),
                          "Holm p": _fmt(r["p_holm"], "{:.3g}"),
                          "measured ms/doc (b=1 p50)": _fmt(r.get("cost_latency_ms", np.nan), "{:.1f}"),
                          "coverage": _fmt(r.get("coverage", np.nan), "{:.2f}")})
@@ -335,10 +338,8 @@ def agreement_rows(cells: pd.DataFrame, whole: pd.DataFrame) -> tuple[list[dict]
         counts[kind] += 1
         rows.append({"data": key[0] + ("" if key[3] == "none" else f" ({key[3]})"), "b": key[4],
                      "strategy": key[5],
-                     "whole data: Δ vs head [95% CI]": f"{_fmt(a['diff_vs_head'], fmt, True)} "
-                                                       f"{_ci(a['diff_lo'], a['diff_hi'], fmt, True)} {ma}".rstrip(),
-                     "this plan: Δ vs head [95% CI]": f"{_fmt(b['diff_vs_head'], fmt, True)} "
-                                                      f"{_ci(b['diff_lo'], b['diff_hi'], fmt, True)} {mb}".rstrip(),
+                     "whole data: Δ vs head [95% CI]": _delta(a, fmt),
+                     "this plan: Δ vs head [95% CI]": _delta(b, fmt),
                      "verdict": {"same": "same", "lost": "undecided here", "gained": "decided only here",
                                  "reversed": "REVERSED"}[kind]})
     n = sum(counts.values())
